@@ -1,0 +1,271 @@
+"""The application's side: ``App``, ``@app.task`` and the enqueue API.
+
+Enqueuing validates and encodes everything before touching Redis, so a bad
+priority, a non-JSON argument or a malformed time raises ``ValueError`` and
+writes nothing.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import uuid
+from collections.abc import Callable, Iterable, Sequence
+from datetime import UTC, datetime, timedelta
+from functools import cached_property
+from typing import Any, Generic, ParamSpec, TypeVar
+
+from . import job as jobs
+from .broker import Broker, NewJob, connect
+from .durations import parse_duration
+from .job import JobInfo
+from .keys import PRIORITIES
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+DEFAULT_MAX_RETRIES = 3
+DEFAULT_RETRY_BACKOFF = 1.0
+DEFAULT_RETRY_BACKOFF_MAX = 600.0
+_NAME = re.compile(r"^[A-Za-z0-9_.:/@-]{1,200}$")
+_JOB_ID = re.compile(r"^[^\s,{}]{1,200}$")
+
+
+def resolve_redis_url(explicit: str | None = None) -> str:
+    """``App()`` argument > BANANAS_REDIS_URL > REDIS_URL > the embedded default."""
+    for url in (explicit, os.environ.get("BANANAS_REDIS_URL"), os.environ.get("REDIS_URL")):
+        if url:
+            return url
+    from .embedded import default_url
+
+    return default_url()
+
+
+class Task(Generic[P, R]):
+    """A registered function and its defaults; calling it runs it here and now."""
+
+    def __init__(self, app: App, fn: Callable[P, R], *, name: str, priority: str,
+                 max_retries: int, timeout: float | None, retry_backoff: float,
+                 retry_backoff_max: float) -> None:
+        self.app = app
+        self.fn = fn
+        self.name = name
+        self.priority = priority
+        self.max_retries = max_retries
+        self.timeout = timeout
+        self.retry_backoff = retry_backoff
+        self.retry_backoff_max = retry_backoff_max
+        self.__doc__ = fn.__doc__
+        self.__name__ = getattr(fn, "__name__", name)
+
+    def __call__(self, *args: P.args, **kwargs: P.kwargs) -> R:
+        return self.fn(*args, **kwargs)
+
+    def enqueue(self, *args: P.args, **kwargs: P.kwargs) -> str:
+        """Enqueue with the task's defaults; returns the job id."""
+        return self.app.enqueue(self.name, args=list(args), kwargs=dict(kwargs))
+
+    def enqueue_with(self, args: Sequence[Any] = (), kwargs: dict[str, Any] | None = None,
+                     **options: Any) -> str:
+        """Enqueue with per-job options (priority, delay, at, job_id, max_retries, timeout)."""
+        return self.app.enqueue(self.name, args=args, kwargs=kwargs, **options)
+
+    def __repr__(self) -> str:
+        return f"<Task {self.name} priority={self.priority}>"
+
+
+class App:
+    """A registry of tasks bound to a Redis namespace."""
+
+    def __init__(self, redis_url: str | None = None, namespace: str = "bananas", *,
+                 result_ttl: float = 3600, dead_ttl: float = 7 * 86400,
+                 owner_ttl: float = 30.0, max_redeliveries: int = 3) -> None:
+        self._redis_url = redis_url
+        self.namespace = namespace
+        self.result_ttl = result_ttl
+        self.dead_ttl = dead_ttl
+        self.owner_ttl = owner_ttl
+        self.max_redeliveries = max_redeliveries
+        self.tasks: dict[str, Task[Any, Any]] = {}
+        self.periodic_entries: list[Any] = []
+
+    # -- configuration -------------------------------------------------------
+
+    @property
+    def redis_url(self) -> str:
+        if self._redis_url is None:
+            self._redis_url = resolve_redis_url()
+        return self._redis_url
+
+    def configure(self, *, redis_url: str | None = None, namespace: str | None = None,
+                  **settings: Any) -> None:
+        """Override connection settings (the master does this in its children)."""
+        if redis_url is not None:
+            self._redis_url = redis_url
+        if namespace is not None:
+            self.namespace = namespace
+        for name, value in settings.items():
+            if not hasattr(self, name):
+                raise TypeError(f"unknown App setting {name!r}")
+            setattr(self, name, value)
+        self.__dict__.pop("broker", None)
+
+    @cached_property
+    def broker(self) -> Broker:
+        return Broker(connect(self.redis_url), self.namespace, result_ttl=int(self.result_ttl),
+                      dead_ttl=int(self.dead_ttl), owner_ttl=self.owner_ttl,
+                      max_redeliveries=self.max_redeliveries)
+
+    # -- tasks ---------------------------------------------------------------
+
+    def task(self, fn: Callable[P, R] | None = None, *, name: str | None = None,
+             priority: str = "normal", max_retries: int = DEFAULT_MAX_RETRIES,
+             timeout: float | str | None = None, retry_backoff: float = DEFAULT_RETRY_BACKOFF,
+             retry_backoff_max: float = DEFAULT_RETRY_BACKOFF_MAX) -> Any:
+        """Register a function as a task: ``@app.task`` or ``@app.task(name=..., ...)``."""
+
+        def register(func: Callable[P, R]) -> Task[P, R]:
+            task_name = _check_name(name or func.__name__)
+            if task_name in self.tasks and self.tasks[task_name].fn is not func:
+                raise ValueError(f"task {task_name!r} is already registered")
+            task = Task(self, func, name=task_name, priority=_check_priority(priority),
+                        max_retries=_check_retries(max_retries),
+                        timeout=_check_timeout(timeout),
+                        retry_backoff=parse_duration(retry_backoff),
+                        retry_backoff_max=parse_duration(retry_backoff_max))
+            self.tasks[task_name] = task
+            return task
+
+        return register(fn) if fn is not None else register
+
+    # -- enqueueing ----------------------------------------------------------
+
+    def enqueue(self, name: str, args: Sequence[Any] | None = None,
+                kwargs: dict[str, Any] | None = None, *, priority: str | None = None,
+                delay: float | str | timedelta | None = None, at: datetime | None = None,
+                job_id: str | None = None, max_retries: int | None = None,
+                timeout: float | str | None = None) -> str:
+        """Enqueue one job by task name; returns its id (the given one if it existed)."""
+        job = self.new_job(name, args, kwargs, priority=priority, delay=delay, at=at,
+                           job_id=job_id, max_retries=max_retries, timeout=timeout)
+        self.broker.enqueue([job])
+        return job.id
+
+    def enqueue_many(self, items: Iterable[Sequence[Any]]) -> list[str]:
+        """Enqueue a batch in one round trip, all or nothing, in order.
+
+        Each item is ``(name, args)``, ``(name, args, kwargs)`` or
+        ``(name, args, kwargs, options)`` where options are enqueue()'s keywords.
+        """
+        batch = [self._new_job_from_item(item, index) for index, item in enumerate(items)]
+        self.broker.enqueue(batch)
+        return [job.id for job in batch]
+
+    def _new_job_from_item(self, item: Sequence[Any], index: int) -> NewJob:
+        if isinstance(item, str | bytes) or not 2 <= len(item) <= 4:
+            raise ValueError(f"item {index}: expected (name, args[, kwargs[, options]])")
+        name, args, *rest = item
+        kwargs = rest[0] if rest else None
+        options = rest[1] if len(rest) > 1 else {}
+        if not isinstance(options, dict):
+            raise ValueError(f"item {index}: options must be a dict")
+        try:
+            return self.new_job(name, args, kwargs, **options)
+        except TypeError as exc:
+            raise ValueError(f"item {index}: {exc}") from None
+        except ValueError as exc:
+            raise ValueError(f"item {index}: {exc}") from None
+
+    def new_job(self, name: str, args: Sequence[Any] | None = None,
+                kwargs: dict[str, Any] | None = None, *, priority: str | None = None,
+                delay: float | str | timedelta | None = None, at: datetime | None = None,
+                job_id: str | None = None, max_retries: int | None = None,
+                timeout: float | str | None = None) -> NewJob:
+        """Validate and encode a job without sending it."""
+        name = _check_name(name)
+        task = self.tasks.get(name)
+        if priority is None:
+            priority = task.priority if task else "normal"
+        if args is None:
+            args = []
+        if isinstance(args, str | bytes | dict) or not isinstance(args, Sequence):
+            raise ValueError(f"args must be a list, not {type(args).__name__}")
+        if kwargs is None:
+            kwargs = {}
+        if not isinstance(kwargs, dict) or not all(isinstance(k, str) for k in kwargs):
+            raise ValueError("kwargs must be a dict with string keys")
+        options: dict[str, Any] = {}
+        if max_retries is not None:
+            options["max_retries"] = _check_retries(max_retries)
+        if timeout is not None:
+            options["timeout"] = _check_timeout(timeout)
+        return NewJob(
+            id=_check_job_id(job_id) if job_id is not None else uuid.uuid4().hex,
+            name=name,
+            priority=_check_priority(priority),
+            args_json=jobs.dumps(list(args), "args"),
+            kwargs_json=jobs.dumps(kwargs, "kwargs"),
+            options_json=jobs.dumps(options, "options") if options else "",
+            when=_when(delay, at),
+        )
+
+    # -- reading -------------------------------------------------------------
+
+    def job(self, job_id: str) -> JobInfo | None:
+        return self.broker.job_info(job_id)
+
+    def queue_depths(self) -> dict[str, dict[str, int]]:
+        return self.broker.queue_depths()
+
+    def __repr__(self) -> str:
+        return f"<App namespace={self.namespace!r} tasks={sorted(self.tasks)}>"
+
+
+def _check_name(name: object) -> str:
+    if not isinstance(name, str) or not _NAME.match(name):
+        raise ValueError(f"invalid task name {name!r}: use letters, digits and . _ - : / @")
+    return name
+
+
+def _check_priority(priority: object) -> str:
+    if priority not in PRIORITIES:
+        raise ValueError(f"unknown priority {priority!r}: use one of {', '.join(PRIORITIES)}")
+    return str(priority)
+
+
+def _check_retries(value: object) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ValueError(f"max_retries must be a whole number >= 0, not {value!r}")
+    return value
+
+
+def _check_timeout(value: object) -> float | None:
+    if value is None:
+        return None
+    seconds = parse_duration(value)
+    if seconds <= 0:
+        raise ValueError(f"timeout must be positive, not {value!r}")
+    return seconds
+
+
+def _check_job_id(job_id: object) -> str:
+    if not isinstance(job_id, str) or not _JOB_ID.match(job_id):
+        raise ValueError(f"invalid job_id {job_id!r}: 1-200 characters, no spaces, commas or braces")
+    return job_id
+
+
+def _when(delay: float | str | timedelta | None, at: datetime | None) -> str:
+    if delay is not None and at is not None:
+        raise ValueError("give delay or at, not both")
+    if delay is not None:
+        try:
+            seconds = parse_duration(delay)
+        except ValueError as exc:
+            raise ValueError(f"bad delay: {exc}") from None
+        return "+%r" % seconds if seconds > 0 else ""
+    if at is not None:
+        if not isinstance(at, datetime):
+            raise ValueError(f"at must be a datetime, not {type(at).__name__}")
+        aware = at if at.tzinfo is not None else at.replace(tzinfo=UTC)
+        return "@%r" % aware.timestamp()
+    return ""

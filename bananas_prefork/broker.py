@@ -1,0 +1,331 @@
+"""The only code that talks to Redis about jobs.
+
+Every change of more than one key is one Lua script (``lua/``): enqueue,
+step (settle a run and fetch the next), recover, promote, and the dead-letter
+tools. Reads are plain commands. Nothing here knows about processes.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import redis
+from redis.backoff import ExponentialWithJitterBackoff
+from redis.retry import Retry
+
+from .job import Job, JobInfo
+from .keys import ANY_TYPE, PRIORITIES, Keys
+from .scripts import Scripts
+
+log = logging.getLogger(__name__)
+
+SUCCEEDED, RETRY, DEAD = "succeeded", "retry", "dead"
+LOST_OWNERSHIP = -1
+
+
+def connect(url: str, *, max_connections: int | None = None) -> redis.Redis:
+    """A client that retries dropped connections with backoff and jitter.
+
+    A retried call is safe: every script is idempotent for the same arguments
+    (job ids are chosen by the client, a slot's fetch is handed back, a second
+    settle of a run is a no-op).
+    """
+    return redis.Redis.from_url(
+        url,
+        decode_responses=True,
+        socket_connect_timeout=5.0,
+        socket_timeout=30.0,
+        socket_keepalive=True,
+        health_check_interval=30,
+        max_connections=max_connections,
+        retry=Retry(ExponentialWithJitterBackoff(cap=1.0, base=0.05), retries=3),
+        retry_on_error=[redis.ConnectionError, redis.TimeoutError],
+    )
+
+
+@dataclass(frozen=True)
+class NewJob:
+    """A validated, JSON-encoded job ready for the enqueue script."""
+
+    id: str
+    name: str
+    priority: str
+    args_json: str
+    kwargs_json: str
+    options_json: str = ""
+    when: str = ""  # '' now, '+<s>' delay, '@<epoch>' absolute
+
+    def as_argv(self) -> tuple[str, ...]:
+        return (self.id, self.name, self.priority, self.args_json, self.kwargs_json,
+                self.options_json, self.when)
+
+
+@dataclass(frozen=True)
+class Settlement:
+    """How a run ended, as the step script records it."""
+
+    mode: str  # SUCCEEDED | RETRY | DEAD
+    job: Job
+    payload: str  # result JSON, or the error text
+    traceback: str = ""
+    delay: float = 0.0  # retry backoff, seconds
+
+
+class LockLost(Exception):
+    """The scheduler lock is not (or no longer) ours: do not act."""
+
+
+class Broker:
+    """Jobs in one Redis namespace."""
+
+    def __init__(
+        self,
+        client: redis.Redis,
+        namespace: str = "bananas",
+        *,
+        result_ttl: int = 3600,
+        dead_ttl: int = 7 * 86400,
+        owner_ttl: float = 30.0,
+        max_redeliveries: int = 3,
+    ) -> None:
+        self.client = client
+        self.keys = Keys(namespace)
+        self.scripts = Scripts(client)
+        self.result_ttl = int(result_ttl)
+        self.dead_ttl = max(1, int(dead_ttl))
+        self.owner_ttl = owner_ttl
+        self.max_redeliveries = max_redeliveries
+
+    @property
+    def prefix(self) -> str:
+        return self.keys.prefix
+
+    # -- producing ---------------------------------------------------------
+
+    def enqueue(self, jobs: Sequence[NewJob]) -> list[bool]:
+        """Record and queue the jobs atomically; False where the id already existed."""
+        if not jobs:
+            return []
+        argv: list[str] = [self.prefix]
+        for job in jobs:
+            argv.extend(job.as_argv())
+        flags = self.scripts.enqueue(keys=[self.keys.seq, self.keys.queues], args=argv)
+        return [bool(flag) for flag in flags]
+
+    # -- consuming ---------------------------------------------------------
+
+    def step(
+        self,
+        owner: str,
+        slot: int,
+        settlement: Settlement | None,
+        fetch: bool,
+        priorities: Sequence[str],
+        job_types: Sequence[str],
+    ) -> tuple[int | None, Job | None]:
+        """Settle the slot's finished run (if any) and fetch its next job (if asked).
+
+        Returns (settle status or None, next job or None). A status of
+        LOST_OWNERSHIP means the run had been taken away; nothing changed.
+        """
+        if settlement is None:
+            settle: tuple[Any, ...] = ("", "", 0, "", "", 0, 0)
+        else:
+            ttl = self.result_ttl if settlement.mode == SUCCEEDED else self.dead_ttl
+            settle = (settlement.mode, settlement.job.id, settlement.job.attempt,
+                      settlement.payload, settlement.traceback, settlement.delay, ttl)
+        reply = self.scripts.step(
+            keys=[self.keys.owned(owner), self.keys.owner(owner)],
+            args=[self.prefix, owner, slot, int(self.owner_ttl * 1000), *settle,
+                  "1" if fetch else "0", ",".join(priorities), ",".join(job_types)],
+        )
+        status = None if reply[0] == "" else int(reply[0])
+        job = Job.from_reply(reply[1:]) if len(reply) > 1 else None
+        return status, job
+
+    def wake_keys(self, priorities: Sequence[str], job_types: Sequence[str]) -> list[str]:
+        return [self.keys.wake(p, t) for p in priorities for t in job_types]
+
+    def wait_for_work(self, wake_keys: Sequence[str], timeout: float) -> bool:
+        """Block until a wake-up token arrives (True) or the timeout passes (False)."""
+        return self.client.blpop(list(wake_keys), timeout=timeout) is not None
+
+    # -- liveness and recovery ----------------------------------------------
+
+    def renew_owners(self, owners: Iterable[str]) -> None:
+        """Keep owners alive: one pipelined round trip for all of them."""
+        ttl_ms = int(self.owner_ttl * 1000)
+        with self.client.pipeline(transaction=False) as pipe:
+            for owner in owners:
+                pipe.set(self.keys.owner(owner), "1", px=ttl_ms)
+            pipe.execute()
+
+    def recover(self, owner: str, *, known_dead: bool, lost_run: bool = True,
+                reason: str = "worker lost") -> tuple[int, int]:
+        """Return an owner's running jobs to the front of their queues.
+
+        ``known_dead``: the caller knows the owner is gone (it reaped it, or
+        it is the owner releasing itself); otherwise only an owner whose
+        liveness key expired is recovered. ``lost_run``: count a redelivery
+        (poison-pill protection); False for jobs returned unharmed.
+        Returns (requeued, buried); (-1, 0) if the owner is alive.
+        """
+        requeued, buried = self.scripts.recover(
+            keys=[self.keys.owned(owner), self.keys.owner(owner)],
+            args=[self.prefix, owner, "1" if known_dead else "0", "1" if lost_run else "0",
+                  self.max_redeliveries, self.dead_ttl, reason],
+        )
+        if requeued > 0 or buried > 0:
+            log.warning("recovered jobs of %s: %d requeued, %d dead (%s)",
+                        owner, requeued, buried, reason)
+        return int(requeued), int(buried)
+
+    def recover_dead_owners(self) -> int:
+        """Recover the jobs of every owner whose liveness key expired."""
+        owners = sorted(self.client.smembers(self.keys.owners))
+        if not owners:
+            return 0
+        with self.client.pipeline(transaction=False) as pipe:
+            for owner in owners:
+                pipe.exists(self.keys.owner(owner))
+            alive = pipe.execute()
+        recovered = 0
+        for owner, is_alive in zip(owners, alive, strict=True):
+            if not is_alive:
+                requeued, buried = self.recover(owner, known_dead=False,
+                                                reason="worker lost: liveness expired")
+                recovered += max(0, requeued) + buried
+        return recovered
+
+    # -- scheduling ----------------------------------------------------------
+
+    def promote_due(self, token: str, batch: int = 1000) -> tuple[int, float | None]:
+        """Move up to ``batch`` due jobs to their queues.
+
+        Returns (promoted, seconds until the next due job or None).
+        Raises LockLost if ``token`` does not hold the scheduler lock.
+        """
+        promoted, next_due = self.scripts.promote(
+            keys=[self.keys.scheduled, self.keys.scheduler_lock, self.keys.seq],
+            args=[self.prefix, token, batch],
+        )
+        if int(promoted) < 0:
+            raise LockLost(token)
+        wait = float(next_due)
+        return int(promoted), (None if wait < 0 else wait)
+
+    def acquire_lock(self, token: str, lease: float) -> bool:
+        return bool(self.client.set(self.keys.scheduler_lock, token, nx=True,
+                                    px=int(lease * 1000)))
+
+    def renew_lock(self, token: str, lease: float) -> bool:
+        return bool(self.scripts.lock_renew(keys=[self.keys.scheduler_lock],
+                                            args=[self.prefix, token, int(lease * 1000)]))
+
+    def release_lock(self, token: str) -> bool:
+        return bool(self.scripts.lock_release(keys=[self.keys.scheduler_lock],
+                                              args=[self.prefix, token]))
+
+    def lock_holder(self) -> tuple[str | None, float | None]:
+        """(token, seconds left) of the scheduler lock, or (None, None)."""
+        with self.client.pipeline(transaction=False) as pipe:
+            pipe.get(self.keys.scheduler_lock)
+            pipe.pttl(self.keys.scheduler_lock)
+            token, pttl = pipe.execute()
+        if token is None or pttl < 0:
+            return None, None
+        return token, pttl / 1000.0
+
+    # -- reading -------------------------------------------------------------
+
+    def job_info(self, job_id: str) -> JobInfo | None:
+        fields = self.client.hgetall(self.keys.job(job_id))
+        return JobInfo.from_hash(job_id, fields) if fields else None
+
+    def queue_depths(self) -> dict[str, dict[str, int]]:
+        """Ready jobs per priority and job type, including types nobody serves."""
+        pairs = sorted(self.client.smembers(self.keys.queues))
+        depths: dict[str, dict[str, int]] = {p: {} for p in PRIORITIES}
+        if not pairs:
+            return depths
+        with self.client.pipeline(transaction=False) as pipe:
+            for pair in pairs:
+                priority, job_type = pair.split(":", 1)
+                pipe.llen(self.keys.ready(priority, job_type))
+            lengths = pipe.execute()
+        for pair, length in zip(pairs, lengths, strict=True):
+            priority, job_type = pair.split(":", 1)
+            depths.setdefault(priority, {})[job_type] = int(length)
+        return depths
+
+    def oldest_ages(self) -> dict[str, dict[str, float]]:
+        """Age in seconds of the head job of every non-empty ready list."""
+        pairs = sorted(self.client.smembers(self.keys.queues))
+        with self.client.pipeline(transaction=False) as pipe:
+            for pair in pairs:
+                priority, job_type = pair.split(":", 1)
+                pipe.lindex(self.keys.ready(priority, job_type), 0)
+            pipe.time()
+            *heads, (sec, usec) = pipe.execute()
+        now = sec + usec / 1e6
+        with self.client.pipeline(transaction=False) as pipe:
+            for head in heads:
+                pipe.hget(self.keys.job(head or "-"), "enqueued_at")
+            enqueued = pipe.execute()
+        ages: dict[str, dict[str, float]] = {}
+        for pair, head, at in zip(pairs, heads, enqueued, strict=True):
+            if head and at:
+                priority, job_type = pair.split(":", 1)
+                ages.setdefault(priority, {})[job_type] = max(0.0, now - float(at))
+        return ages
+
+    def counts(self) -> dict[str, int]:
+        """Scheduled, dead and in-flight job counts."""
+        owners = sorted(self.client.smembers(self.keys.owners))
+        with self.client.pipeline(transaction=False) as pipe:
+            pipe.zcard(self.keys.scheduled)
+            pipe.zcard(self.keys.dead)
+            for owner in owners:
+                pipe.hlen(self.keys.owned(owner))
+            scheduled, dead, *held = pipe.execute()
+        return {"scheduled": int(scheduled), "dead": int(dead), "in_flight": sum(held)}
+
+    # -- dead letters --------------------------------------------------------
+
+    def dead_ids(self, limit: int | None = None) -> list[str]:
+        """Dead job ids, most recent first."""
+        end = -1 if limit is None else max(0, limit - 1)
+        return list(self.client.zrevrange(self.keys.dead, 0, end))
+
+    def dead_jobs(self, limit: int = 50) -> list[JobInfo]:
+        ids = self.dead_ids(limit)
+        with self.client.pipeline(transaction=False) as pipe:
+            for job_id in ids:
+                pipe.hgetall(self.keys.job(job_id))
+            records = pipe.execute()
+        return [JobInfo.from_hash(i, r) for i, r in zip(ids, records, strict=True) if r]
+
+    def requeue_dead(self, ids: Sequence[str]) -> int:
+        return self._in_batches(self.scripts.dead_requeue, [self.keys.dead, self.keys.seq], ids)
+
+    def remove_dead(self, ids: Sequence[str]) -> int:
+        return self._in_batches(self.scripts.dead_remove, [self.keys.dead], ids)
+
+    def _in_batches(self, script: Any, keys: list[str], ids: Sequence[str]) -> int:
+        done = 0
+        for start in range(0, len(ids), 500):
+            done += int(script(keys=keys, args=[self.prefix, *ids[start:start + 500]]))
+        return done
+
+    def ping(self) -> bool:
+        return bool(self.client.ping())
+
+    def load_scripts(self) -> None:
+        self.scripts.load_all(self.client)
+
+
+def serves_every_type(job_types: Sequence[str]) -> bool:
+    return ANY_TYPE in job_types

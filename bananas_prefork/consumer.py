@@ -1,0 +1,309 @@
+"""The consumer: runs jobs in N threads of one process.
+
+Each thread owns one slot. A slot only fetches when it is free, so a consumer
+never holds more jobs than it runs (no prefetch to strand or reorder). After
+a job, one ``step`` call settles it and fetches the next: one round trip per
+job. An idle slot blocks on its wake-up lists, so a new job starts within
+milliseconds; the blocking timeout is only a backstop.
+
+The prefork child runs this same class; ``ConsumerHooks`` is how it reports
+each job to its master. Standalone, a heartbeat thread keeps the owner alive
+and recovers the jobs of owners that died.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import random
+import socket
+import threading
+import time
+import traceback
+import uuid
+from collections.abc import Sequence
+
+import redis
+
+from . import job as jobs
+from .app import App, Task
+from .broker import DEAD, LOST_OWNERSHIP, RETRY, SUCCEEDED, Broker, Settlement
+from .job import Job, JobContext
+from .keys import ANY_TYPE, PRIORITIES
+
+log = logging.getLogger(__name__)
+
+MAX_TRACEBACK = 20_000
+RECONNECT_BACKOFF_CAP = 5.0
+
+
+def new_owner_id(master_pid: int | None = None) -> str:
+    """``host:master-pid:pid:nonce``: unique, and tells a supervisor whose it is."""
+    return "%s:%d:%d:%s" % (socket.gethostname(), master_pid or 0, os.getpid(),
+                            uuid.uuid4().hex[:8])
+
+
+class ConsumerHooks:
+    """No-op callbacks; the prefork child overrides them to report to its master."""
+
+    def on_job_start(self, slot: int, job: Job, timeout: float | None) -> None:
+        """A slot started a job (``timeout``: its hard limit, if any)."""
+
+    def on_job_end(self, slot: int, job: Job, outcome: str, duration: float) -> None:
+        """A slot finished a job: ``outcome`` is succeeded, retry or dead."""
+
+    def on_idle(self, slot: int) -> None:
+        """A slot is waiting for work (called at least once per idle timeout)."""
+
+
+class Consumer:
+    """Fetch-run-settle loops for one owner, one per thread."""
+
+    def __init__(
+        self,
+        app: App,
+        *,
+        priorities: Sequence[str] = PRIORITIES,
+        job_types: Sequence[str] = (ANY_TYPE,),
+        threads: int = 1,
+        pool: str | None = None,
+        owner: str | None = None,
+        heartbeat: bool = True,
+        max_jobs: int | None = None,
+        job_timeout: float | None = None,
+        idle_timeout: float = 2.0,
+        hooks: ConsumerHooks | None = None,
+        broker: Broker | None = None,
+    ) -> None:
+        if threads < 1:
+            raise ValueError("threads must be at least 1")
+        self.app = app
+        self.broker = broker or app.broker
+        self.priorities = tuple(priorities)
+        self.job_types = (ANY_TYPE,) if ANY_TYPE in job_types else tuple(job_types)
+        self.threads = threads
+        self.pool = pool
+        self.owner = owner or new_owner_id()
+        self.heartbeat = heartbeat
+        self.max_jobs = max_jobs
+        self.job_timeout = job_timeout
+        self.idle_timeout = idle_timeout
+        self.hooks = hooks or ConsumerHooks()
+        self.jobs_done = 0
+        self.jobs_failed = 0
+        self._started_jobs = 0
+        self._count_lock = threading.Lock()
+        self._stopping = threading.Event()
+        self._stopped = threading.Event()
+        self._workers: list[threading.Thread] = []
+        self._wake_keys = [*self.broker.wake_keys(self.priorities, self.job_types),
+                           self.broker.keys.control(self.owner)]
+
+    # -- lifecycle -----------------------------------------------------------
+
+    def start(self) -> None:
+        self.broker.renew_owners([self.owner])
+        for slot in range(self.threads):
+            worker = threading.Thread(target=self._work, args=(slot,), daemon=True,
+                                      name=f"bananas-slot-{slot}")
+            worker.start()
+            self._workers.append(worker)
+        if self.heartbeat:
+            threading.Thread(target=self._beat, daemon=True, name="bananas-heartbeat").start()
+        log.info("consumer %s started: %d thread(s), priorities %s, job types %s", self.owner,
+                 self.threads, ",".join(self.priorities), ",".join(self.job_types))
+
+    def stop(self, timeout: float | None = None) -> bool:
+        """Stop fetching, let running jobs finish (up to ``timeout``), release the rest.
+
+        Returns True when every running job finished in time.
+        """
+        self.request_stop()
+        deadline = None if timeout is None else time.monotonic() + timeout
+        for worker in self._workers:
+            worker.join(None if deadline is None else max(0.0, deadline - time.monotonic()))
+        finished = not any(worker.is_alive() for worker in self._workers)
+        self.release(lost_run=not finished)
+        self._stopped.set()
+        return finished
+
+    def request_stop(self) -> None:
+        """Stop fetching new jobs; safe to call from any thread, more than once."""
+        if self._stopping.is_set():
+            return
+        self._stopping.set()
+        try:
+            self.broker.client.rpush(self.broker.keys.control(self.owner),
+                                     *["stop"] * self.threads)
+            self.broker.client.expire(self.broker.keys.control(self.owner), 60)
+        except redis.RedisError:
+            pass  # idle threads then notice within their idle timeout
+
+    def release(self, lost_run: bool = False) -> None:
+        """Give back whatever this owner still holds and drop its liveness key."""
+        try:
+            self.broker.recover(self.owner, known_dead=True, lost_run=lost_run,
+                                reason="worker stopped before the job finished")
+        except redis.RedisError as exc:
+            log.warning("could not release jobs of %s (they return when its liveness "
+                        "expires): %s", self.owner, exc)
+
+    def run(self) -> None:
+        """Start and block until every thread has ended (max_jobs or stop())."""
+        self.start()
+        for worker in self._workers:
+            while worker.is_alive():
+                worker.join(0.5)
+        if not self._stopped.is_set():
+            self.release()
+
+    @property
+    def stopping(self) -> bool:
+        return self._stopping.is_set()
+
+    def is_alive(self) -> bool:
+        return any(worker.is_alive() for worker in self._workers)
+
+    # -- one slot ------------------------------------------------------------
+
+    def _work(self, slot: int) -> None:
+        settlement: Settlement | None = None
+        while True:
+            fetch = not self._stopping.is_set() and self._take_ticket()
+            if settlement is None and not fetch:
+                return
+            status, job = self._step(slot, settlement, fetch)
+            if settlement is not None:
+                self._after_settle(settlement, status)
+            if job is None and not fetch:
+                return
+            if job is None:
+                settlement = None
+                self._idle(slot)
+                continue
+            settlement = self._run(slot, job)
+
+    def _take_ticket(self) -> bool:
+        """Count a job about to be fetched; False once max_jobs is reached."""
+        with self._count_lock:
+            exhausted = self.max_jobs is not None and self._started_jobs >= self.max_jobs
+            if not exhausted:
+                self._started_jobs += 1
+        if exhausted:
+            self.request_stop()
+        return not exhausted
+
+    def _return_ticket(self) -> None:
+        with self._count_lock:
+            self._started_jobs -= 1
+
+    def _step(self, slot: int, settlement: Settlement | None,
+              fetch: bool) -> tuple[int | None, Job | None]:
+        """One step, retried across Redis outages (the step is idempotent)."""
+        failures = 0
+        while True:
+            try:
+                status, job = self.broker.step(self.owner, slot, settlement, fetch,
+                                               self.priorities, self.job_types)
+                if fetch and job is None:
+                    self._return_ticket()
+                return status, job
+            except (redis.ConnectionError, redis.TimeoutError) as exc:
+                failures += 1
+                if self._stopping.is_set() and settlement is None:
+                    if fetch:
+                        self._return_ticket()
+                    return None, None
+                wait = min(RECONNECT_BACKOFF_CAP, 0.1 * 2 ** failures) * random.uniform(0.5, 1)
+                log.warning("redis unavailable (%s); retrying in %.1fs", exc, wait)
+                time.sleep(wait)
+
+    def _idle(self, slot: int) -> None:
+        self.hooks.on_idle(slot)
+        try:
+            self.broker.wait_for_work(self._wake_keys, self.idle_timeout)
+        except (redis.ConnectionError, redis.TimeoutError):
+            time.sleep(random.uniform(0.5, 1.0))
+
+    def _after_settle(self, settlement: Settlement, status: int | None) -> None:
+        if status == LOST_OWNERSHIP:
+            log.warning("job %s (%s) attempt %d: result ignored, this worker no longer owns "
+                        "it (it was recovered and handed to another worker)",
+                        settlement.job.id, settlement.job.name, settlement.job.attempt)
+
+    # -- running a job -------------------------------------------------------
+
+    def _run(self, slot: int, job: Job) -> Settlement:
+        task = self.app.tasks.get(job.name)
+        timeout = self._timeout_for(job, task)
+        self.hooks.on_job_start(slot, job, timeout)
+        started = time.monotonic()
+        settlement = self._execute(job, task)
+        duration = time.monotonic() - started
+        with self._count_lock:
+            if settlement.mode == SUCCEEDED:
+                self.jobs_done += 1
+            else:
+                self.jobs_failed += 1
+        self.hooks.on_job_end(slot, job, settlement.mode, duration)
+        if settlement.mode != SUCCEEDED:
+            log.warning("job %s (%s) attempt %d failed: %s -> %s", job.id, job.name,
+                        job.attempt, settlement.payload,
+                        "retry in %.1fs" % settlement.delay if settlement.mode == RETRY else "dead")
+        return settlement
+
+    def _timeout_for(self, job: Job, task: Task[..., object] | None) -> float | None:
+        override = job.options().get("timeout")
+        if isinstance(override, int | float) and override > 0:
+            return float(override)
+        if task is not None and task.timeout is not None:
+            return task.timeout
+        return self.job_timeout
+
+    def _execute(self, job: Job, task: Task[..., object] | None) -> Settlement:
+        if task is None:
+            return Settlement(DEAD, job, f"unknown task {job.name!r}: no task of that name "
+                                         "is registered in this worker's app")
+        try:
+            args, kwargs = job.decode_arguments()
+        except ValueError as exc:
+            return Settlement(DEAD, job, str(exc))
+        token = jobs.set_current_job(JobContext(id=job.id, name=job.name, attempt=job.attempt,
+                                                priority=job.priority, pool=self.pool,
+                                                enqueued_at=job.enqueued_at))
+        try:
+            result = task.fn(*args, **kwargs)
+        except BaseException as exc:  # noqa: BLE001 - a job must never take its worker down
+            return self._failure(job, task, exc)
+        finally:
+            jobs.reset_current_job(token)
+        try:
+            return Settlement(SUCCEEDED, job, jobs.dumps(result, f"result of task {job.name}"))
+        except ValueError as exc:
+            return Settlement(DEAD, job, str(exc))
+
+    def _failure(self, job: Job, task: Task[..., object], exc: BaseException) -> Settlement:
+        error = f"{type(exc).__name__}: {exc}"
+        trace = traceback.format_exc()[-MAX_TRACEBACK:]
+        options = job.options()
+        max_retries = options.get("max_retries", task.max_retries)
+        if job.attempt > max_retries:
+            return Settlement(DEAD, job, error, trace)
+        delay = jobs.backoff_delay(job.attempt, task.retry_backoff, task.retry_backoff_max,
+                                   random.random())
+        return Settlement(RETRY, job, error, trace, delay)
+
+    # -- standalone liveness ---------------------------------------------------
+
+    def _beat(self) -> None:
+        """Keep this owner alive and recover the jobs of owners that died."""
+        interval = max(0.5, self.broker.owner_ttl / 3)
+        next_scan = 0.0
+        while not self._stopped.wait(interval):
+            try:
+                self.broker.renew_owners([self.owner])
+                if time.monotonic() >= next_scan:
+                    self.broker.recover_dead_owners()
+                    next_scan = time.monotonic() + self.broker.owner_ttl
+            except redis.RedisError as exc:
+                log.warning("heartbeat failed: %s", exc)

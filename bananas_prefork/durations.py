@@ -1,0 +1,42 @@
+"""Durations as operators write them: ``"500ms"``, ``"1s"``, ``"5m"``, ``"1h"`` or seconds."""
+
+from __future__ import annotations
+
+import re
+from datetime import timedelta
+
+_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
+_PATTERN = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
+
+
+def parse_duration(value: object) -> float:
+    """Return seconds; raise ValueError naming what is allowed."""
+    if isinstance(value, bool):
+        raise ValueError(f"{value!r} is not a duration")
+    if isinstance(value, timedelta):
+        seconds = value.total_seconds()
+    elif isinstance(value, int | float):
+        seconds = float(value)
+    elif isinstance(value, str):
+        match = _PATTERN.match(value)
+        if not match:
+            raise ValueError(
+                f"{value!r} is not a duration: use a number of seconds or a string "
+                'like "500ms", "1s", "5m", "1h"'
+            )
+        seconds = float(match.group(1)) * _UNITS[match.group(2) or "s"]
+    else:
+        raise ValueError(f"{value!r} is not a duration")
+    if seconds < 0 or seconds != seconds:  # negative or NaN
+        raise ValueError(f"{value!r} is not a duration: it must not be negative")
+    return seconds
+
+
+def format_duration(seconds: float) -> str:
+    """The shortest exact string parse_duration reads back."""
+    for unit, size in (("h", 3600.0), ("m", 60.0), ("s", 1.0)):
+        if seconds >= size and seconds % size == 0:
+            return "%d%s" % (seconds // size, unit)
+    if seconds < 1:
+        return "%gms" % (seconds * 1000)
+    return "%gs" % seconds

@@ -1,0 +1,207 @@
+"""The job record: states, what a consumer runs, and what callers read back.
+
+A job is one Redis hash (``Keys.job``). Its fields:
+
+``name``, ``priority``            the task name (= job type) and the priority
+``args``, ``kwargs``              JSON text of the call arguments
+``options``                       JSON text of per-job overrides (max_retries, timeout, ...)
+``state``                         one of ``STATES``
+``attempts``, ``redeliveries``    runs started; runs lost with their worker
+``seq``                           enqueue order across job types
+``enqueued_at``, ``due_at``       epoch seconds
+``started_at``, ``finished_at``   of the last run
+``owner``                         the consumer that runs (or ran) it
+``result``, ``error``, ``traceback``
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from contextvars import ContextVar, Token
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+SCHEDULED = "scheduled"
+QUEUED = "queued"
+RUNNING = "running"
+SUCCEEDED = "succeeded"
+FAILED = "failed"
+DEAD = "dead"
+STATES = (SCHEDULED, QUEUED, RUNNING, SUCCEEDED, FAILED, DEAD)
+
+OPTION_NAMES = ("max_retries", "timeout", "retry_backoff", "retry_backoff_max")
+
+
+def dumps(value: Any, what: str) -> str:
+    """Strict JSON (no NaN, no pickling fallbacks); ValueError says which value."""
+    try:
+        return json.dumps(value, separators=(",", ":"), allow_nan=False, ensure_ascii=False)
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"{what} must be JSON-serializable: {exc}") from None
+
+
+@dataclass(frozen=True)
+class Job:
+    """A job as a consumer received it from ``fetch``."""
+
+    id: str
+    name: str
+    priority: str
+    args_json: str
+    kwargs_json: str
+    options_json: str
+    attempt: int
+    enqueued_at: float
+
+    @classmethod
+    def from_reply(cls, reply: Sequence[Any]) -> Job:
+        job_id, name, priority, args, kwargs, options, attempt, enqueued_at = reply
+        return cls(
+            id=job_id,
+            name=name,
+            priority=priority,
+            args_json=args or "[]",
+            kwargs_json=kwargs or "{}",
+            options_json=options or "{}",
+            attempt=int(attempt),
+            enqueued_at=float(enqueued_at or 0.0),
+        )
+
+    def decode_arguments(self) -> tuple[list[Any], dict[str, Any]]:
+        """The call arguments; ValueError when the stored payload is not valid."""
+        try:
+            args = json.loads(self.args_json)
+            kwargs = json.loads(self.kwargs_json)
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"undecodable payload: {exc}") from None
+        if not isinstance(args, list) or not isinstance(kwargs, dict):
+            raise ValueError("undecodable payload: args must be a JSON array and kwargs an object")
+        return args, kwargs
+
+    def options(self) -> dict[str, Any]:
+        try:
+            value = json.loads(self.options_json)
+        except json.JSONDecodeError:
+            return {}
+        return value if isinstance(value, dict) else {}
+
+
+@dataclass(frozen=True)
+class JobContext:
+    """What ``current_job()`` returns inside a running job."""
+
+    id: str
+    name: str
+    attempt: int
+    priority: str
+    pool: str | None
+    enqueued_at: float
+
+
+@dataclass(frozen=True)
+class JobInfo:
+    """A job's record as ``App.job()`` reads it back."""
+
+    id: str
+    name: str
+    priority: str
+    state: str
+    attempts: int
+    redeliveries: int
+    args: list[Any]
+    kwargs: dict[str, Any]
+    enqueued_at: float
+    due_at: float | None
+    started_at: float | None
+    finished_at: float | None
+    result: Any = None
+    error: str | None = None
+    traceback: str | None = None
+    owner: str | None = None
+    options: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def from_hash(cls, job_id: str, fields: Mapping[str, str]) -> JobInfo:
+        def number(name: str) -> float | None:
+            raw = fields.get(name)
+            return float(raw) if raw not in (None, "") else None
+
+        def loads(name: str, default: Any) -> Any:
+            raw = fields.get(name)
+            if raw in (None, ""):
+                return default
+            try:
+                return json.loads(raw)
+            except json.JSONDecodeError:
+                return raw
+
+        return cls(
+            id=job_id,
+            name=fields.get("name", ""),
+            priority=fields.get("priority", ""),
+            state=fields.get("state", ""),
+            attempts=int(fields.get("attempts") or 0),
+            redeliveries=int(fields.get("redeliveries") or 0),
+            args=loads("args", []),
+            kwargs=loads("kwargs", {}),
+            enqueued_at=number("enqueued_at") or 0.0,
+            due_at=number("due_at"),
+            started_at=number("started_at"),
+            finished_at=number("finished_at"),
+            result=loads("result", None),
+            error=fields.get("error") or None,
+            traceback=fields.get("traceback") or None,
+            owner=fields.get("owner") or None,
+            options=loads("options", {}),
+        )
+
+    def as_dict(self, with_args: bool = False) -> dict[str, Any]:
+        """A JSON-ready view; arguments only when asked (they may hold secrets)."""
+        data = {
+            "id": self.id,
+            "name": self.name,
+            "priority": self.priority,
+            "state": self.state,
+            "attempts": self.attempts,
+            "redeliveries": self.redeliveries,
+            "enqueued_at": self.enqueued_at,
+            "due_at": self.due_at,
+            "started_at": self.started_at,
+            "finished_at": self.finished_at,
+            "result": self.result,
+            "error": self.error,
+            "traceback": self.traceback,
+            "owner": self.owner,
+        }
+        if with_args:
+            data["args"] = self.args
+            data["kwargs"] = self.kwargs
+        return data
+
+
+def backoff_delay(attempt: int, base: float, cap: float, rand: float) -> float:
+    """Full-jitter exponential backoff: the n-th retry waits about base * 2**(n-1).
+
+    ``rand`` in [0, 1) spreads retries between half and the whole of the step,
+    so a burst of failures does not come back as a burst.
+    """
+    step = min(cap, base * math.pow(2.0, max(0, attempt - 1)))
+    return step * (0.5 + rand / 2.0)
+
+
+_current: ContextVar[JobContext | None] = ContextVar("bananas_current_job", default=None)
+
+
+def current_job() -> JobContext | None:
+    """The job running in this thread, or None outside a job."""
+    return _current.get()
+
+
+def set_current_job(context: JobContext | None) -> Token[JobContext | None]:
+    return _current.set(context)
+
+
+def reset_current_job(token: Token[JobContext | None]) -> None:
+    _current.reset(token)

@@ -1,0 +1,81 @@
+-- Ready lists, the heads index and wake-up tokens.
+--
+-- ready:<prio>:<type>  list of job ids, oldest at the head
+-- heads:<prio>         zset type -> seq of the job at the head of its ready list;
+--                      the oldest job of a priority is the lowest score
+-- wake:<prio>:<type>   tokens that idle consumers of that type BLPOP on
+-- wake:<prio>:*        tokens that idle consumers of every type BLPOP on
+-- queues               set of 'prio:type' pairs ever used (depth reports)
+-- scheduled            zset job id -> due time
+-- scheduler:wake       one token wakes the scheduler leader early
+
+-- Enough tokens to wake every idle consumer of a burst; more idle consumers
+-- than this still wake through their bounded BLPOP timeout.
+local WAKE_CAP = 256
+
+local function push_ready(id, prio, jtype, seq, front)
+    local list = key('ready', prio, jtype)
+    local len
+    if front then
+        len = redis.call('LPUSH', list, id)
+    else
+        len = redis.call('RPUSH', list, id)
+    end
+    if front or len == 1 then
+        redis.call('ZADD', key('heads', prio), seq, jtype)
+    end
+end
+
+-- Pop the head of a ready list and move the heads index to the next job.
+local function pop_ready(prio, jtype)
+    local list = key('ready', prio, jtype)
+    local id = redis.call('LPOP', list)
+    local next_id = redis.call('LINDEX', list, 0)
+    if next_id then
+        local seq = redis.call('HGET', key('job', next_id), 'seq')
+        redis.call('ZADD', key('heads', prio), tonumber(seq) or 0, jtype)
+    else
+        redis.call('ZREM', key('heads', prio), jtype)
+    end
+    return id
+end
+
+local function push_tokens(list, count)
+    local tokens = {}
+    for i = 1, math.min(count, WAKE_CAP) do
+        tokens[i] = '1'
+    end
+    if redis.call('RPUSH', list, unpack(tokens)) > WAKE_CAP then
+        redis.call('LTRIM', list, -WAKE_CAP, -1)
+    end
+end
+
+-- Wake up to `count` idle consumers that serve this priority and type.
+local function wake(prio, jtype, count)
+    push_tokens(key('wake', prio, jtype), count)
+    push_tokens(key('wake', prio, '*'), count)
+end
+
+-- Called when a job is scheduled: wake the leader if it is due before all others.
+local function wake_scheduler_if_first(due)
+    local first = redis.call('ZRANGE', key('scheduled'), 0, 0, 'WITHSCORES')
+    if first[2] == nil or due < tonumber(first[2]) then
+        redis.call('DEL', key('scheduler', 'wake'))
+        redis.call('RPUSH', key('scheduler', 'wake'), '1')
+    end
+end
+
+local function schedule(id, due)
+    wake_scheduler_if_first(due)
+    redis.call('ZADD', key('scheduled'), due, id)
+end
+
+-- Move a job to the dead-letter set; its record expires after dead_ttl.
+local function bury(id, error, traceback, now, dead_ttl)
+    local job = key('job', id)
+    redis.call('HSET', job, 'state', 'dead', 'error', error, 'traceback', traceback,
+        'finished_at', now)
+    redis.call('ZADD', key('dead'), now, id)
+    redis.call('EXPIRE', job, dead_ttl)
+    redis.call('ZREMRANGEBYSCORE', key('dead'), '-inf', now - dead_ttl)
+end

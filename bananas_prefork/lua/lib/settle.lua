@@ -1,0 +1,39 @@
+-- Settle the run of a job: succeeded, retry (scheduled with backoff) or dead.
+-- Only the owner of that very run may settle it: a late call from a consumer
+-- that lost the job (it was recovered and handed to someone else) changes
+-- nothing.
+--
+-- Returns  1  settled
+--          0  already settled by this owner (a retried call after a lost reply)
+--         -1  not the owner of this run (nothing changed)
+
+local function settle(owned, owner, slot, id, attempt, mode, payload, traceback, delay,
+                      ttl, now)
+    local job = key('job', id)
+    local cur = redis.call('HMGET', job, 'owner', 'attempts', 'state')
+    if cur[1] ~= owner or tonumber(cur[2]) ~= attempt then
+        return -1
+    end
+    if cur[3] ~= 'running' then
+        return 0
+    end
+    if redis.call('HGET', owned, slot) == id then
+        redis.call('HDEL', owned, slot)
+    end
+    if mode == 'succeeded' then
+        redis.call('HSET', job, 'state', 'succeeded', 'result', payload, 'finished_at', now)
+        if ttl > 0 then
+            redis.call('EXPIRE', job, ttl)
+        else
+            redis.call('DEL', job)
+        end
+    elseif mode == 'retry' then
+        local due = now + delay
+        redis.call('HSET', job, 'state', 'failed', 'error', payload, 'traceback', traceback,
+            'finished_at', now, 'due_at', due)
+        schedule(id, due)
+    else
+        bury(id, payload, traceback, now, ttl)
+    end
+    return 1
+end

@@ -1,0 +1,151 @@
+"""The scheduler: one leader across every machine sharing a namespace.
+
+Every master runs one; they contend for a Redis lock with an owner token
+(``SET NX PX``), renew it with compare-and-extend and release it with
+compare-and-delete. Only the leader promotes due jobs, and the promote script
+checks the token, so a leader that lost its lease cannot act (fencing).
+
+The leader sleeps until the earliest due job, at most ``interval``; enqueueing
+a job due sooner pushes a token that wakes it at once.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+import uuid
+from collections.abc import Callable
+
+import redis
+
+from .broker import Broker, LockLost
+
+log = logging.getLogger(__name__)
+
+PROMOTE_BATCH = 1000
+
+
+class Scheduler:
+    """Leader election plus the leader's duties: promote, recover orphans, periodic ticks."""
+
+    def __init__(
+        self,
+        broker: Broker,
+        *,
+        identity: str,
+        interval: float = 1.0,
+        lease: float = 10.0,
+        batch: int = PROMOTE_BATCH,
+        tick: Callable[[str], float | None] | None = None,
+    ) -> None:
+        self.broker = broker
+        self.identity = identity
+        self.token = f"{identity}:{uuid.uuid4().hex[:8]}"
+        self.interval = interval
+        self.lease = lease
+        self.batch = batch
+        self.tick = tick  # periodic entries: called with the token, returns seconds to next
+        self.is_leader = False
+        self.promoted = 0
+        self._renew_at = 0.0
+        self._next_recovery = 0.0
+        self._stop = threading.Event()
+
+    # -- lifecycle -----------------------------------------------------------
+
+    def run(self) -> None:
+        """Contend, lead, and let go cleanly when stop() is called."""
+        try:
+            while not self._stop.is_set():
+                try:
+                    if self.is_leader:
+                        self._lead_once()
+                    else:
+                        self._contend_once()
+                except (redis.ConnectionError, redis.TimeoutError) as exc:
+                    log.warning("scheduler: redis unavailable (%s)", exc)
+                    self._stop.wait(1.0)
+        finally:
+            self.resign()
+
+    def stop(self) -> None:
+        self._stop.set()
+        try:  # wake our own blocking wait so stop() takes effect at once
+            self.broker.client.rpush(self.broker.keys.scheduler_wake, "stop")
+            self.broker.client.rpush(self.broker.keys.scheduler_handover, "stop")
+        except redis.RedisError:
+            pass
+
+    def resign(self) -> None:
+        """Release the lock if we hold it and tell followers to contend now."""
+        if not self.is_leader:
+            return
+        self.is_leader = False
+        try:
+            if self.broker.release_lock(self.token):
+                with self.broker.client.pipeline(transaction=False) as pipe:
+                    pipe.delete(self.broker.keys.scheduler_handover)
+                    pipe.rpush(self.broker.keys.scheduler_handover, self.token)
+                    pipe.expire(self.broker.keys.scheduler_handover, 60)
+                    pipe.execute()
+                log.info("scheduler: %s released leadership", self.token)
+        except redis.RedisError as exc:
+            log.warning("scheduler: could not release the lock (it expires): %s", exc)
+
+    # -- follower ------------------------------------------------------------
+
+    def _contend_once(self) -> None:
+        if self.broker.acquire_lock(self.token, self.lease):
+            self.is_leader = True
+            self._renew_at = time.monotonic() + self.lease / 3
+            log.info("scheduler: %s is the leader", self.token)
+            return
+        _, remaining = self.broker.lock_holder()
+        # Sleep until the lease could expire, but wake at once on a hand-over.
+        wait = min(self.lease, remaining if remaining is not None else 0.05)
+        self.broker.client.blpop([self.broker.keys.scheduler_handover], timeout=max(0.01, wait))
+
+    # -- leader --------------------------------------------------------------
+
+    def _lead_once(self) -> None:
+        now = time.monotonic()
+        if now >= self._renew_at:
+            if not self.broker.renew_lock(self.token, self.lease):
+                self._lost("renewal refused")
+                return
+            self._renew_at = now + self.lease / 3
+        try:
+            wait = self._promote_all()
+            if self.tick is not None:
+                wait = _earliest(wait, self.tick(self.token))
+        except LockLost:
+            self._lost("promotion refused")
+            return
+        if now >= self._next_recovery:
+            self.broker.recover_dead_owners()
+            self._next_recovery = now + max(1.0, self.broker.owner_ttl / 3)
+        wait = min(wait if wait is not None else self.interval, self.interval,
+                   max(0.0, self._renew_at - time.monotonic()))
+        if wait > 0.0005:
+            self.broker.client.blpop([self.broker.keys.scheduler_wake], timeout=wait)
+
+    def _promote_all(self) -> float | None:
+        """Promote every due job in bounded batches; seconds until the next one."""
+        while True:
+            promoted, wait = self.broker.promote_due(self.token, self.batch)
+            self.promoted += promoted
+            if promoted < self.batch:
+                return wait
+
+    def _lost(self, why: str) -> None:
+        log.warning("scheduler: %s lost leadership (%s)", self.token, why)
+        self.is_leader = False
+
+
+def _earliest(a: float | None, b: float | None) -> float | None:
+    if a is None:
+        return b
+    if b is None:
+        return a
+    return min(a, b)

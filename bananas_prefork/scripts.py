@@ -1,0 +1,58 @@
+"""Loading the Lua scripts: includes resolved once, registered once, called by SHA.
+
+redis-py's ``Script`` runs ``EVALSHA`` and, on ``NOSCRIPT`` (a restarted or
+flushed Redis), loads the source and retries, so scripts survive a Redis
+restart without any code here.
+"""
+
+from __future__ import annotations
+
+import re
+from functools import cache
+from importlib import resources
+
+import redis
+
+_INCLUDE = re.compile(r"^--! include (\S+)\s*$", re.MULTILINE)
+
+
+@cache
+def script_source(name: str) -> str:
+    """The full text of ``lua/<name>.lua`` with its ``--! include`` lines expanded."""
+    root = resources.files("bananas_prefork") / "lua"
+
+    def expand(match: re.Match[str]) -> str:
+        return (root / match.group(1)).read_text()
+
+    return _INCLUDE.sub(expand, (root / f"{name}.lua").read_text())
+
+
+SCRIPT_NAMES = (
+    "enqueue",
+    "step",
+    "recover",
+    "promote",
+    "lock_renew",
+    "lock_release",
+    "dead_requeue",
+    "dead_remove",
+)
+
+
+class Scripts:
+    """The project's scripts registered on one Redis client."""
+
+    def __init__(self, client: redis.Redis) -> None:
+        self.enqueue = client.register_script(script_source("enqueue"))
+        self.step = client.register_script(script_source("step"))
+        self.recover = client.register_script(script_source("recover"))
+        self.promote = client.register_script(script_source("promote"))
+        self.lock_renew = client.register_script(script_source("lock_renew"))
+        self.lock_release = client.register_script(script_source("lock_release"))
+        self.dead_requeue = client.register_script(script_source("dead_requeue"))
+        self.dead_remove = client.register_script(script_source("dead_remove"))
+
+    def load_all(self, client: redis.Redis) -> None:
+        """Load every script up front, so the first job does not pay for it."""
+        for name in SCRIPT_NAMES:
+            client.script_load(script_source(name))
