@@ -250,7 +250,8 @@ def _check_timeout(value: object) -> float | None:
 
 def _check_job_id(job_id: object) -> str:
     if not isinstance(job_id, str) or not _JOB_ID.match(job_id):
-        raise ValueError(f"invalid job_id {job_id!r}: 1-200 characters, no spaces, commas or braces")
+        raise ValueError(
+            f"invalid job_id {job_id!r}: 1-200 characters, no spaces, commas or braces")
     return job_id
 
 

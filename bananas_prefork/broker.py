@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import redis
 from redis.backoff import ExponentialWithJitterBackoff
@@ -103,6 +103,10 @@ class Broker:
     def prefix(self) -> str:
         return self.keys.prefix
 
+    def members(self, key: str) -> list[str]:
+        """A set's members, sorted (the client decodes replies to str)."""
+        return sorted(cast(set[str], self.client.smembers(key)))
+
     # -- producing ---------------------------------------------------------
 
     def enqueue(self, jobs: Sequence[NewJob]) -> list[bool]:
@@ -185,7 +189,7 @@ class Broker:
 
     def recover_dead_owners(self) -> int:
         """Recover the jobs of every owner whose liveness key expired."""
-        owners = sorted(self.client.smembers(self.keys.owners))
+        owners = self.members(self.keys.owners)
         if not owners:
             return 0
         with self.client.pipeline(transaction=False) as pipe:
@@ -242,12 +246,12 @@ class Broker:
     # -- reading -------------------------------------------------------------
 
     def job_info(self, job_id: str) -> JobInfo | None:
-        fields = self.client.hgetall(self.keys.job(job_id))
+        fields = cast(dict[str, str], self.client.hgetall(self.keys.job(job_id)))
         return JobInfo.from_hash(job_id, fields) if fields else None
 
     def queue_depths(self) -> dict[str, dict[str, int]]:
         """Ready jobs per priority and job type, including types nobody serves."""
-        pairs = sorted(self.client.smembers(self.keys.queues))
+        pairs = self.members(self.keys.queues)
         depths: dict[str, dict[str, int]] = {p: {} for p in PRIORITIES}
         if not pairs:
             return depths
@@ -263,7 +267,7 @@ class Broker:
 
     def oldest_ages(self) -> dict[str, dict[str, float]]:
         """Age in seconds of the head job of every non-empty ready list."""
-        pairs = sorted(self.client.smembers(self.keys.queues))
+        pairs = self.members(self.keys.queues)
         with self.client.pipeline(transaction=False) as pipe:
             for pair in pairs:
                 priority, job_type = pair.split(":", 1)
@@ -284,7 +288,7 @@ class Broker:
 
     def counts(self) -> dict[str, int]:
         """Scheduled, dead and in-flight job counts."""
-        owners = sorted(self.client.smembers(self.keys.owners))
+        owners = self.members(self.keys.owners)
         with self.client.pipeline(transaction=False) as pipe:
             pipe.zcard(self.keys.scheduled)
             pipe.zcard(self.keys.dead)
@@ -298,7 +302,7 @@ class Broker:
     def dead_ids(self, limit: int | None = None) -> list[str]:
         """Dead job ids, most recent first."""
         end = -1 if limit is None else max(0, limit - 1)
-        return list(self.client.zrevrange(self.keys.dead, 0, end))
+        return cast(list[str], self.client.zrevrange(self.keys.dead, 0, end))
 
     def dead_jobs(self, limit: int = 50) -> list[JobInfo]:
         ids = self.dead_ids(limit)

@@ -149,8 +149,9 @@ class Consumer:
                         "expires): %s", self.owner, exc)
 
     def run(self) -> None:
-        """Start and block until every thread has ended (max_jobs or stop())."""
-        self.start()
+        """Start (unless started) and block until every thread has ended."""
+        if not self._workers:
+            self.start()
         for worker in self._workers:
             while worker.is_alive():
                 worker.join(0.5)
@@ -273,7 +274,7 @@ class Consumer:
                                                 enqueued_at=job.enqueued_at))
         try:
             result = task.fn(*args, **kwargs)
-        except BaseException as exc:  # noqa: BLE001 - a job must never take its worker down
+        except BaseException as exc:
             return self._failure(job, task, exc)
         finally:
             jobs.reset_current_job(token)

@@ -18,8 +18,8 @@ from __future__ import annotations
 
 import json
 import math
-from contextvars import ContextVar, Token
 from collections.abc import Mapping, Sequence
+from contextvars import ContextVar, Token
 from dataclasses import dataclass, field
 from typing import Any
 

@@ -17,7 +17,8 @@ class Keys:
 
     def __init__(self, namespace: str = "bananas") -> None:
         if not namespace or any(c in namespace for c in "{}: \t\n"):
-            raise ValueError(f"invalid namespace {namespace!r}: use letters, digits, '-', '_' or '.'")
+            raise ValueError(
+                f"invalid namespace {namespace!r}: use letters, digits, '-', '_' or '.'")
         self.namespace = namespace
         self.prefix = "{%s}" % namespace
 

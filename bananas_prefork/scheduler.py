@@ -6,7 +6,10 @@ compare-and-delete. Only the leader promotes due jobs, and the promote script
 checks the token, so a leader that lost its lease cannot act (fencing).
 
 The leader sleeps until the earliest due job, at most ``interval``; enqueueing
-a job due sooner pushes a token that wakes it at once.
+a job due sooner pushes a token that wakes it at once. The sleep itself is a
+local ``Event.wait``: Redis expires a BLPOP timeout only on its own timer tick
+(``hz``, 100 ms by default), far too coarse for a job due at a given moment, so
+a listener thread turns wake-up tokens into that event.
 """
 
 from __future__ import annotations
@@ -51,11 +54,15 @@ class Scheduler:
         self._renew_at = 0.0
         self._next_recovery = 0.0
         self._stop = threading.Event()
+        self._leading = threading.Event()
+        self._due_sooner = threading.Event()
 
     # -- lifecycle -----------------------------------------------------------
 
     def run(self) -> None:
         """Contend, lead, and let go cleanly when stop() is called."""
+        threading.Thread(target=self._listen_for_wakeups, daemon=True,
+                         name="bananas-scheduler-wake").start()
         try:
             while not self._stop.is_set():
                 try:
@@ -71,17 +78,14 @@ class Scheduler:
 
     def stop(self) -> None:
         self._stop.set()
-        try:  # wake our own blocking wait so stop() takes effect at once
-            self.broker.client.rpush(self.broker.keys.scheduler_wake, "stop")
-            self.broker.client.rpush(self.broker.keys.scheduler_handover, "stop")
-        except redis.RedisError:
-            pass
+        self._leading.set()
+        self._due_sooner.set()
 
     def resign(self) -> None:
         """Release the lock if we hold it and tell followers to contend now."""
         if not self.is_leader:
             return
-        self.is_leader = False
+        self._set_leader(False)
         try:
             if self.broker.release_lock(self.token):
                 with self.broker.client.pipeline(transaction=False) as pipe:
@@ -97,13 +101,14 @@ class Scheduler:
 
     def _contend_once(self) -> None:
         if self.broker.acquire_lock(self.token, self.lease):
-            self.is_leader = True
+            self._set_leader(True)
             self._renew_at = time.monotonic() + self.lease / 3
             log.info("scheduler: %s is the leader", self.token)
             return
         _, remaining = self.broker.lock_holder()
-        # Sleep until the lease could expire, but wake at once on a hand-over.
-        wait = min(self.lease, remaining if remaining is not None else 0.05)
+        # Sleep until the lease could expire (checking at least every second, so
+        # stop() is prompt), but wake at once on a hand-over.
+        wait = min(1.0, remaining if remaining is not None else 0.05)
         self.broker.client.blpop([self.broker.keys.scheduler_handover], timeout=max(0.01, wait))
 
     # -- leader --------------------------------------------------------------
@@ -115,6 +120,7 @@ class Scheduler:
                 self._lost("renewal refused")
                 return
             self._renew_at = now + self.lease / 3
+        self._due_sooner.clear()
         try:
             wait = self._promote_all()
             if self.tick is not None:
@@ -127,8 +133,8 @@ class Scheduler:
             self._next_recovery = now + max(1.0, self.broker.owner_ttl / 3)
         wait = min(wait if wait is not None else self.interval, self.interval,
                    max(0.0, self._renew_at - time.monotonic()))
-        if wait > 0.0005:
-            self.broker.client.blpop([self.broker.keys.scheduler_wake], timeout=wait)
+        if wait > 0:
+            self._due_sooner.wait(wait)
 
     def _promote_all(self) -> float | None:
         """Promote every due job in bounded batches; seconds until the next one."""
@@ -140,7 +146,29 @@ class Scheduler:
 
     def _lost(self, why: str) -> None:
         log.warning("scheduler: %s lost leadership (%s)", self.token, why)
-        self.is_leader = False
+        self._set_leader(False)
+
+    def _set_leader(self, leading: bool) -> None:
+        self.is_leader = leading
+        if leading:
+            self._leading.set()
+        else:
+            self._leading.clear()
+
+    def _listen_for_wakeups(self) -> None:
+        """While leading, turn wake-up tokens into ``_due_sooner``.
+
+        Only the leader listens: a follower popping a token would steal it
+        from the leader.
+        """
+        while not self._stop.is_set():
+            if not self._leading.wait(0.5) or not self.is_leader:
+                continue
+            try:
+                if self.broker.client.blpop([self.broker.keys.scheduler_wake], timeout=1):
+                    self._due_sooner.set()
+            except (redis.ConnectionError, redis.TimeoutError):
+                self._stop.wait(0.5)
 
 
 def _earliest(a: float | None, b: float | None) -> float | None:

@@ -12,7 +12,7 @@
 --   when: '' (now) | '+<seconds>' (delay) | '@<epoch seconds>' (absolute time)
 --
 -- Returns one flag per job: 1 enqueued, 0 a job with that id already exists
--- (nothing is changed for it).
+-- or came earlier in the batch (nothing is changed for it).
 
 --! include lib/keys.lua
 --! include lib/queue.lua
@@ -20,18 +20,29 @@
 local PER_JOB = 7
 local now = redis_now()
 local count = (#ARGV - 1) / PER_JOB
-local seq = redis.call('INCRBY', KEYS[1], count) - count
 local flags = {}
+local seen = {}
+local new_jobs = 0
+for i = 0, count - 1 do
+    local id = ARGV[2 + i * PER_JOB]
+    flags[i + 1] = 0
+    if not seen[id] and redis.call('EXISTS', key('job', id)) == 0 then
+        flags[i + 1] = 1
+        new_jobs = new_jobs + 1
+    end
+    seen[id] = true
+end
+if new_jobs == 0 then
+    return flags
+end
+local seq = redis.call('INCRBY', KEYS[1], new_jobs) - new_jobs
 local woken = {}   -- 'prio:type' -> number of jobs made ready
 
 for i = 0, count - 1 do
     local base = 2 + i * PER_JOB
     local id, name, prio = ARGV[base], ARGV[base + 1], ARGV[base + 2]
     local job = key('job', id)
-    if redis.call('EXISTS', job) == 1 then
-        flags[i + 1] = 0
-    else
-        flags[i + 1] = 1
+    if flags[i + 1] == 1 then
         seq = seq + 1
         local when = ARGV[base + 6]
         local due = now
