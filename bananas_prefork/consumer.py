@@ -26,7 +26,13 @@ from collections.abc import Sequence
 import redis
 
 from . import job as jobs
-from .app import App, Task
+from .app import (
+    DEFAULT_MAX_RETRIES,
+    DEFAULT_RETRY_BACKOFF,
+    DEFAULT_RETRY_BACKOFF_MAX,
+    App,
+    Task,
+)
 from .broker import DEAD, LOST_OWNERSHIP, RETRY, SUCCEEDED, Broker, Settlement
 from .job import Job, JobContext
 from .keys import ANY_TYPE, PRIORITIES
@@ -37,10 +43,14 @@ MAX_TRACEBACK = 20_000
 RECONNECT_BACKOFF_CAP = 5.0
 
 
-def new_owner_id(master_pid: int | None = None) -> str:
+def owner_id(master_pid: int, pid: int, nonce: str) -> str:
     """``host:master-pid:pid:nonce``: unique, and tells a supervisor whose it is."""
-    return "%s:%d:%d:%s" % (socket.gethostname(), master_pid or 0, os.getpid(),
-                            uuid.uuid4().hex[:8])
+    return "%s:%d:%d:%s" % (socket.gethostname(), master_pid, pid, nonce)
+
+
+def new_owner_id() -> str:
+    """An owner id for a standalone consumer (no master)."""
+    return owner_id(0, os.getpid(), uuid.uuid4().hex[:8])
 
 
 class ConsumerHooks:
@@ -284,15 +294,8 @@ class Consumer:
             return Settlement(DEAD, job, str(exc))
 
     def _failure(self, job: Job, task: Task[..., object], exc: BaseException) -> Settlement:
-        error = f"{type(exc).__name__}: {exc}"
-        trace = traceback.format_exc()[-MAX_TRACEBACK:]
-        options = job.options()
-        max_retries = options.get("max_retries", task.max_retries)
-        if job.attempt > max_retries:
-            return Settlement(DEAD, job, error, trace)
-        delay = jobs.backoff_delay(job.attempt, task.retry_backoff, task.retry_backoff_max,
-                                   random.random())
-        return Settlement(RETRY, job, error, trace, delay)
+        return failure_settlement(job, task, f"{type(exc).__name__}: {exc}",
+                                  traceback.format_exc()[-MAX_TRACEBACK:])
 
     # -- standalone liveness ---------------------------------------------------
 
@@ -308,3 +311,20 @@ class Consumer:
                     next_scan = time.monotonic() + self.broker.owner_ttl
             except redis.RedisError as exc:
                 log.warning("heartbeat failed: %s", exc)
+
+
+def failure_settlement(job: Job, task: Task[..., object] | None, error: str,
+                       trace: str = "") -> Settlement:
+    """Retry with backoff while the job has retries left, else dead.
+
+    Per-job options (set at enqueue) win over the task's; a job whose task this
+    process does not know gets the defaults.
+    """
+    options = job.options()
+    max_retries = options.get("max_retries", task.max_retries if task else DEFAULT_MAX_RETRIES)
+    if job.attempt > max_retries:
+        return Settlement(DEAD, job, error, trace)
+    base = task.retry_backoff if task else DEFAULT_RETRY_BACKOFF
+    cap = task.retry_backoff_max if task else DEFAULT_RETRY_BACKOFF_MAX
+    delay = jobs.backoff_delay(job.attempt, base, cap, random.random())
+    return Settlement(RETRY, job, error, trace, delay)

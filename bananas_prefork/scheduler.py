@@ -15,14 +15,20 @@ a listener thread turns wake-up tokens into that event.
 from __future__ import annotations
 
 import logging
+import socket
 import threading
 import time
 import uuid
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import redis
 
 from .broker import Broker, LockLost
+
+if TYPE_CHECKING:
+    from .app import App
+    from .config import Deployment
 
 log = logging.getLogger(__name__)
 
@@ -177,3 +183,14 @@ def _earliest(a: float | None, b: float | None) -> float | None:
     if b is None:
         return a
     return min(a, b)
+
+
+def leader_identity(master_pid: int) -> str:
+    """How status names a leader: ``host:pid`` of the master whose scheduler leads."""
+    return f"{socket.gethostname()}:{master_pid}"
+
+
+def build_scheduler(app: App, deployment: Deployment, master_pid: int) -> Scheduler:
+    """The scheduler a master's child (or a thin pool's child) runs."""
+    return Scheduler(app.broker, identity=leader_identity(master_pid),
+                     interval=deployment.scheduler.interval, lease=deployment.scheduler.lease)

@@ -1,0 +1,252 @@
+"""Life right after fork: signals, title, death with the master, then the work.
+
+A child is either a pool worker (runs a ``Consumer``) or the scheduler (runs a
+``Scheduler``). It never returns: it leaves with ``os._exit`` and a code from
+the table below, so nothing the master registered (atexit, pidfile) runs here.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import json
+import logging
+import os
+import random
+import signal
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, NoReturn
+
+from setproctitle import setproctitle
+
+from . import logs
+from .app import App
+from .config import Deployment, PoolConfig
+from .consumer import Consumer, ConsumerHooks
+from .job import Job
+from .scheduler import build_scheduler
+from .scoreboard import RUNNING, STOPPING, Scoreboard
+
+log = logging.getLogger(__name__)
+
+# Exit codes shared with the master.
+EXIT_OK = 0
+EXIT_CRASH = 1
+EXIT_BOOT_ERROR = 3  # could not import the app or start consuming: back off
+EXIT_ORPHANED = 4  # the master died
+
+MASTER_SIGNALS = (signal.SIGHUP, signal.SIGTERM, signal.SIGINT, signal.SIGQUIT, signal.SIGUSR1,
+                  signal.SIGUSR2, signal.SIGTTIN, signal.SIGTTOU, signal.SIGCHLD)
+ORPHAN_GRACE = 2.0  # a child whose master died finishes within this (contract: 3 s)
+_PR_SET_PDEATHSIG = 1
+
+
+@dataclass
+class ChildSpec:
+    """Everything a child needs, decided by the master before fork."""
+
+    kind: str  # "pool" or "scheduler"
+    name: str  # pool name, or "scheduler"
+    index: int
+    deployment: Deployment
+    app: App
+    master_pid: int
+    owner: str
+    scoreboard: Scoreboard
+    report_fd: int
+    pool: PoolConfig | None = None
+    max_jobs: int | None = None
+    run_scheduler: bool = False  # thin mode: the one child also schedules
+    reimport_app: bool = False  # preload_app = false: fresh code in every child
+    close_fds: tuple[int, ...] = ()
+
+    @property
+    def label(self) -> str:
+        return self.name if self.kind == "scheduler" else f"{self.name}[{self.index}]"
+
+
+def run(spec: ChildSpec) -> NoReturn:
+    """Enter the child; leave the process with an exit code, never return."""
+    code = EXIT_CRASH
+    try:
+        code = _Child(spec).main()
+    except BaseException:
+        log.exception("child %s crashed", spec.label)
+    finally:
+        logs.flush()
+        os._exit(code)
+
+
+class _Child:
+    def __init__(self, spec: ChildSpec) -> None:
+        self.spec = spec
+        self.stop_requested = threading.Event()
+        self.title = f"bananas-prefork: {spec.label}"
+
+    def main(self) -> int:
+        self._take_over_signals()
+        if not self._die_with_master():
+            return EXIT_ORPHANED
+        logs.set_role(self.spec.label)
+        setproctitle(f"{self.title} starting")
+        random.seed()
+        try:
+            app = self._load_app()
+        except Exception as exc:
+            self.report(boot_error=f"{type(exc).__name__}: {exc}")
+            log.error("child %s cannot start: %s", self.spec.label, exc)
+            return EXIT_BOOT_ERROR
+        if self.spec.kind == "scheduler":
+            return self._schedule(app)
+        return self._consume(app)
+
+    # -- setting up -------------------------------------------------------------
+
+    def _take_over_signals(self) -> None:
+        """Drop the master's handlers, install ours, then unblock (blocked across fork)."""
+        for fd in self.spec.close_fds:
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+        signal.set_wakeup_fd(-1)
+        for signum in MASTER_SIGNALS:
+            signal.signal(signum, signal.SIG_DFL)
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(signum, self._on_stop_signal)
+        signal.signal(signal.SIGQUIT, lambda *_: os._exit(EXIT_OK))
+        signal.signal(signal.SIGHUP, signal.SIG_IGN)
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, MASTER_SIGNALS)
+
+    def _on_stop_signal(self, signum: int, frame: object) -> None:
+        self.stop_requested.set()
+
+    def _die_with_master(self) -> bool:
+        """Ask the kernel for SIGTERM when the master dies; False if it already has."""
+        try:
+            libc = ctypes.CDLL(None, use_errno=True)
+            libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+        except (OSError, AttributeError):
+            pass  # not Linux: the parent check in the main loop still applies
+        return os.getppid() == self.spec.master_pid
+
+    def _load_app(self) -> App:
+        app = self.spec.app
+        if self.spec.reimport_app:
+            from .reloader import reimport_app
+
+            app = reimport_app(self.spec.deployment)
+        configure_app(app, self.spec.deployment)
+        return app
+
+    def report(self, **message: Any) -> None:
+        """One JSON line to the master (small, so the pipe write is atomic)."""
+        try:
+            os.write(self.spec.report_fd, (json.dumps(message) + "\n").encode())
+        except OSError:
+            pass
+
+    # -- running ---------------------------------------------------------------------
+
+    def _consume(self, app: App) -> int:
+        pool = self.spec.pool
+        assert pool is not None
+        hooks = _ScoreboardHooks(self.spec.scoreboard, self.title, pool.threads)
+        consumer = Consumer(app, priorities=pool.priorities, job_types=pool.job_types,
+                            threads=pool.threads, pool=pool.name, owner=self.spec.owner,
+                            heartbeat=False, max_jobs=self.spec.max_jobs,
+                            job_timeout=pool.job_timeout, hooks=hooks)
+        scheduler = None
+        if self.spec.run_scheduler:
+            scheduler = build_scheduler(app, self.spec.deployment, self.spec.master_pid)
+        try:
+            consumer.start()
+        except Exception as exc:
+            self.report(boot_error=f"cannot start consuming: {exc}")
+            return EXIT_BOOT_ERROR
+        if scheduler is not None:
+            threading.Thread(target=scheduler.run, daemon=True, name="bananas-scheduler").start()
+        self.spec.scoreboard.set_state(RUNNING)
+        setproctitle(f"{self.title} idle")
+        self.report(ready=True, owner=self.spec.owner)
+        orphaned_at = self._wait(consumer.is_alive, consumer.request_stop)
+        self.spec.scoreboard.set_state(STOPPING)
+        if scheduler is not None:
+            scheduler.stop()
+        if orphaned_at is not None:
+            consumer.stop(timeout=max(0.0, orphaned_at + ORPHAN_GRACE - time.monotonic()))
+            return EXIT_ORPHANED
+        consumer.stop()
+        return EXIT_OK
+
+    def _schedule(self, app: App) -> int:
+        scheduler = build_scheduler(app, self.spec.deployment, self.spec.master_pid)
+        thread = threading.Thread(target=scheduler.run, daemon=True, name="bananas-scheduler")
+        thread.start()
+        self.spec.scoreboard.set_state(RUNNING)
+        setproctitle(f"{self.title} running")
+        self.report(ready=True)
+        orphaned_at = self._wait(thread.is_alive, scheduler.stop)
+        scheduler.stop()
+        thread.join(ORPHAN_GRACE if orphaned_at is not None else None)
+        return EXIT_ORPHANED if orphaned_at is not None else EXIT_OK
+
+    def _wait(self, alive: Callable[[], bool], request_stop: Callable[[], None]) -> float | None:
+        """Run until the work ends; pass on stop signals; notice a dead master.
+
+        Returns when the work has ended, or as soon as the master is found dead
+        (then with the time it was noticed, so the caller can bound the rest).
+        """
+        stopping = False
+        while alive():
+            if self.stop_requested.wait(0.25) and not stopping:
+                stopping = True
+                request_stop()
+            if os.getppid() != self.spec.master_pid:
+                log.warning("master %d is gone; stopping", self.spec.master_pid)
+                request_stop()
+                return time.monotonic()
+            self.spec.scoreboard.beat()
+        return None
+
+
+def configure_app(app: App, deployment: Deployment) -> None:
+    """The deployment's connection and retention settings win over the App's own."""
+    app.configure(redis_url=deployment.redis_url, namespace=deployment.namespace,
+                  owner_ttl=deployment.owner_ttl, result_ttl=deployment.result_ttl,
+                  dead_ttl=deployment.dead_ttl, max_redeliveries=deployment.max_redeliveries)
+
+
+class _ScoreboardHooks(ConsumerHooks):
+    """Reports every job to the master's scoreboard and the process title."""
+
+    def __init__(self, scoreboard: Scoreboard, title: str, threads: int) -> None:
+        self.scoreboard = scoreboard
+        self.title = title
+        self.threads = threads
+        self.busy = 0
+        self.lock = threading.Lock()
+
+    def on_job_start(self, slot: int, job: Job, timeout: float | None) -> None:
+        self.scoreboard.job_started(slot, job.id, job.name, job.attempt, timeout)
+        with self.lock:
+            self.busy += 1
+            self._retitle(job.name)
+
+    def on_job_end(self, slot: int, job: Job, outcome: str, duration: float) -> None:
+        self.scoreboard.job_ended(slot, outcome == "succeeded")
+        with self.lock:
+            self.busy -= 1
+            self._retitle(None)
+
+    def on_idle(self, slot: int) -> None:
+        self.scoreboard.beat()
+
+    def _retitle(self, job_type: str | None) -> None:
+        if self.threads == 1:
+            setproctitle(f"{self.title} busy {job_type}" if job_type else f"{self.title} idle")
+        else:
+            setproctitle(f"{self.title} busy {self.busy}/{self.threads}" if self.busy
+                         else f"{self.title} idle")

@@ -1,0 +1,188 @@
+"""The ``bananas-prefork`` command: thin wrappers over the modules that do the work.
+
+User mistakes (a bad file, bad input, no master running) print one line on
+stderr and exit with the contract's code, never a traceback.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sys
+import time
+from pathlib import Path
+from typing import Annotated, Any, NoReturn
+
+import redis
+import typer
+
+from . import config as config_module
+from . import logs
+from .config import ConfigError, Deployment
+
+cli = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="bananas-prefork: a Redis job queue with a prefork supervisor.")
+
+FileArg = Annotated[Path | None, typer.Argument(
+    help="Deployment file (TOML). Without it: the environment (WORKER_*, BANANAS_APP, .env).",
+    show_default=False)]
+
+
+def fail(message: object, code: int) -> NoReturn:
+    typer.echo(f"bananas-prefork: {message}", err=True)
+    raise typer.Exit(code)
+
+
+def load_deployment(path: Path | None) -> Deployment:
+    try:
+        return config_module.load(path)
+    except ConfigError as exc:
+        fail(exc, 2)
+
+
+@cli.command()
+def start(
+    file: FileArg = None,
+    log_level: Annotated[str | None, typer.Option(
+        help="debug, info, warning or error (overrides the file).")] = None,
+    log_format: Annotated[str | None, typer.Option(
+        help="text or json (overrides the file).")] = None,
+) -> None:
+    """Run the master in the foreground (systemd Type=notify ready)."""
+    from . import reloader
+    from .master import Master
+    from .pidfile import PidfileError
+
+    deployment = load_deployment(file)
+    level = (log_level or deployment.log_level).lower()
+    fmt = (log_format or deployment.log_format).lower()
+    if level not in ("debug", "info", "warning", "error") or fmt not in ("text", "json"):
+        fail("--log-level is debug, info, warning or error; --log-format is text or json", 2)
+    logs.setup(level, fmt)
+    try:
+        app = reloader.first_import(deployment)
+        code = Master(deployment, app, config_path=str(file) if file else None).run()
+    except ConfigError as exc:
+        fail(exc, 2)
+    except PidfileError as exc:
+        fail(exc, 1)
+    raise typer.Exit(code)
+
+
+@cli.command()
+def check(file: Annotated[Path, typer.Argument(help="Deployment file (TOML).")]) -> None:
+    """Validate a deployment file (and import its app) without starting anything."""
+    deployment = load_deployment(file)
+    try:
+        app = config_module.import_app(deployment)
+    except ConfigError as exc:
+        fail(exc, 2)
+    typer.echo(f"{file}: OK (app {deployment.app}, {len(app.tasks)} task(s))")
+    for line in config_module.describe(deployment):
+        typer.echo(f"  {line}")
+
+
+def _signal_master(file: Path | None, signum: int, action: str) -> int:
+    from .pidfile import read_pid
+
+    deployment = load_deployment(file)
+    if not deployment.pidfile:
+        fail(f"{deployment.source}: no pidfile is configured, so there is no master to "
+             f"{action}", 1)
+    pid = read_pid(deployment.pidfile)
+    if pid is None:
+        fail(f"no master is running ({deployment.pidfile} is missing or stale)", 1)
+    os.kill(pid, signum)
+    return pid
+
+
+@cli.command()
+def reload(
+    file: FileArg = None,
+    code: Annotated[bool, typer.Option("--code", help="Roll every child onto fresh "
+                                                      "application code (SIGUSR2).")] = False,
+) -> None:
+    """Reload the deployment file (SIGHUP), or the application code with --code."""
+    pid = _signal_master(file, signal.SIGUSR2 if code else signal.SIGHUP, "reload")
+    typer.echo(f"sent {'SIGUSR2' if code else 'SIGHUP'} to master {pid}")
+
+
+@cli.command()
+def stop(
+    file: FileArg = None,
+    wait: Annotated[bool, typer.Option(help="Wait until the master has exited.")] = False,
+) -> None:
+    """Stop the master gracefully (SIGTERM)."""
+    from .pidfile import is_master
+
+    pid = _signal_master(file, signal.SIGTERM, "stop")
+    typer.echo(f"sent SIGTERM to master {pid}")
+    while wait and is_master(pid):
+        time.sleep(0.1)
+
+
+def _json_arg(text: str | None, expected: type, option: str) -> Any:
+    if text is None:
+        return expected()
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as exc:
+        fail(f"{option}: not valid JSON: {exc}", 2)
+    if not isinstance(value, expected):
+        fail(f"{option}: must be a JSON {'array' if expected is list else 'object'}", 2)
+    return value
+
+
+def _client_app(redis_url: str | None, namespace: str | None, file: Path | None) -> Any:
+    """An App for reading and writing jobs: --redis/--namespace, else the file, else the env."""
+    from .app import App
+
+    deployment = load_deployment(file) if file else None
+    url = redis_url or (deployment.redis_url if deployment else None)
+    ns = namespace or (deployment.namespace if deployment else None) or \
+        os.environ.get("BANANAS_NAMESPACE", "bananas")
+    try:
+        return App(url if url != "embedded" else None, namespace=ns)
+    except ValueError as exc:
+        fail(exc, 2)
+
+
+RedisOpt = Annotated[str | None, typer.Option("--redis", help="Redis URL.")]
+NamespaceOpt = Annotated[str | None, typer.Option(help="Key namespace.")]
+ConfigOpt = Annotated[Path | None, typer.Option("--config", help="Read Redis URL and "
+                                                                 "namespace from this file.")]
+
+
+@cli.command()
+def enqueue(
+    task: Annotated[str, typer.Argument(help="Task name (job type).")],
+    args: Annotated[str | None, typer.Option("--args", help="JSON array.")] = None,
+    kwargs: Annotated[str | None, typer.Option("--kwargs", help="JSON object.")] = None,
+    priority: Annotated[str | None, typer.Option(help="high, normal or low.")] = None,
+    delay: Annotated[str | None, typer.Option(help='Seconds or a duration ("1m").')] = None,
+    job_id: Annotated[str | None, typer.Option("--job-id", help="Idempotency key.")] = None,
+    redis_url: RedisOpt = None,
+    namespace: NamespaceOpt = None,
+    config: ConfigOpt = None,
+) -> None:
+    """Enqueue a job by name and print its id."""
+    app = _client_app(redis_url, namespace, config)
+    call_args = _json_arg(args, list, "--args")
+    call_kwargs = _json_arg(kwargs, dict, "--kwargs")
+    try:
+        job_id = app.enqueue(task, args=call_args, kwargs=call_kwargs, priority=priority,
+                             delay=delay, job_id=job_id)
+    except ValueError as exc:
+        fail(exc, 2)
+    except redis.RedisError as exc:
+        fail(f"cannot reach Redis at {app.redis_url}: {exc}", 1)
+    typer.echo(job_id)
+
+
+def main() -> None:
+    """Console-script entry point."""
+    try:
+        cli()
+    except KeyboardInterrupt:
+        sys.exit(130)

@@ -1,0 +1,549 @@
+"""The deployment: typed, frozen config objects from a TOML file or the environment.
+
+Both paths produce the same ``Deployment``. Every mistake raises
+``ConfigError`` naming the source (file or "environment"), the key and, in a
+file, the line; the CLI prints it as one line and exits 2.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+import math
+import os
+import re
+import sys
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+from . import settings as s
+from .keys import PRIORITIES
+from .settings import declared, setting
+
+MODES = ("thin", "default", "specialized", "job-specialized", "scheduler-only")
+THIN_MAX_CONCURRENCY = 10
+_POOL_NAME = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
+
+
+class ConfigError(Exception):
+    """A mistake in the deployment: where it is and what is allowed."""
+
+    def __init__(self, source: str, key: str | None, message: str,
+                 line: int | None = None) -> None:
+        self.source, self.key, self.message, self.line = source, key, message, line
+        where = source if line is None else f"{source}:{line}"
+        super().__init__(f"{where}: {key}: {message}" if key else f"{where}: {message}")
+
+
+# -- the config objects --------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class PoolConfig:
+    """One pool of identical children."""
+
+    name: str = "default"
+    mode: str = setting("default", parse=s.one_of(*MODES), env="WORKER_MODE", help=(
+        "What the pool is for: thin (one small process, every priority and type), default "
+        "(every job type, priority-aware), specialized (pools per priority), job-specialized "
+        "(pools per job type; needs job_types), scheduler-only (runs no jobs)."))
+    priorities: tuple[str, ...] = setting(PRIORITIES, parse=s.priorities,
+                                          env="WORKER_PRIORITIES", help=(
+        "Priorities the pool serves, highest first; a child always takes the oldest job of "
+        "the highest non-empty one."))
+    concurrency: int = setting(10, parse=s.whole(1), env="WORKER_CONCURRENCY", help=(
+        "Jobs the pool runs at once. processes = ceil(concurrency / threads)."))
+    threads: int = setting(1, parse=s.whole(1), env="WORKER_THREADS", help=(
+        "Threads per child process: more threads for I/O-bound jobs, 1 for CPU-bound ones. "
+        "In thin mode this is always the concurrency."))
+    job_types: tuple[str, ...] = setting(("*",), parse=s.job_types, env="WORKER_JOB_TYPES",
+                                         help=(
+        'Job types (task names) the pool runs; "*" for every type. Required, and not "*", '
+        "in job-specialized mode."))
+    max_jobs_per_child: int | None = setting(None, parse=s.optional(s.whole(1)),
+                                             env="WORKER_MAX_JOBS_PER_CHILD", help=(
+        "Recycle a child after this many jobs (jittered by up to 10% so a pool's children "
+        "do not restart together)."))
+    max_memory_mb: int | None = setting(None, parse=s.optional(s.whole(1)),
+                                        env="WORKER_MAX_MEMORY_MB", help=(
+        "Recycle a child whose RSS passes this, after its current job."))
+    max_memory_mb_hard: int | None = setting(None, parse=s.optional(s.whole(1)),
+                                             env="WORKER_MAX_MEMORY_MB_HARD", help=(
+        "Kill a child at once (SIGKILL) when its RSS passes this: one runaway job must "
+        "not take the machine down. Its jobs are recovered."))
+    job_timeout: float | None = setting(None, parse=s.optional(s.duration(0.001)),
+                                        env="WORKER_JOB_TIMEOUT", help=(
+        "Hard time limit of a job in this pool unless its task sets timeout: the child "
+        "running it gets TERM, then KILL, and the job is retried or dead by its policy."))
+
+    @property
+    def processes(self) -> int:
+        if self.mode == "scheduler-only":
+            return 0
+        return math.ceil(self.concurrency / self.threads)
+
+    @property
+    def runs_jobs(self) -> bool:
+        return self.processes > 0
+
+
+@dataclass(frozen=True)
+class SchedulerConfig:
+    """The scheduler every master runs; one of them leads."""
+
+    enabled: bool = setting(True, parse=s.boolean, env="ENABLE_SCHEDULER", help=(
+        "Run a scheduler here. Exactly one scheduler across all masters of a namespace "
+        "leads; the others stand by."))
+    interval: float = setting(1.0, parse=s.duration(0.01), env="SCHEDULER_INTERVAL", help=(
+        "The longest the leader sleeps. It wakes earlier for the next due job and at once "
+        "when a job is scheduled sooner, so this bounds lateness only in odd cases."))
+    lease: float = setting(10.0, parse=s.duration(1.0), env="SCHEDULER_LEASE", help=(
+        "Leader lock lease. A dead leader is replaced within one lease; the leader renews "
+        "every third of it."))
+
+
+@dataclass(frozen=True)
+class PeriodicConfig:
+    """A job enqueued on a schedule, once per tick across all machines."""
+
+    task: str = setting(required=True, parse=s.text, help="Task name to enqueue.")
+    name: str | None = setting(None, parse=s.optional_text, help=(
+        "Unique name of the entry (default: the task name)."))
+    cron: str | None = setting(None, parse=s.optional_text, help=(
+        'Cron expression, e.g. "*/5 * * * *" (UTC). Give cron or every.'))
+    every: float | None = setting(None, parse=s.optional(s.duration(1.0)), help=(
+        'Fixed interval, e.g. "30s". Give cron or every.'))
+    priority: str | None = setting(None, parse=s.optional(s.one_of(*PRIORITIES)), help=(
+        "Priority of the enqueued jobs (default: the task's, else normal)."))
+    args: tuple[Any, ...] = setting((), parse=s.json_list, help="Positional arguments.")
+    kwargs: dict[str, Any] = setting(factory=dict, parse=s.json_table,
+                                     help="Keyword arguments.")
+    catch_up: bool = setting(True, parse=s.boolean, help=(
+        "After an outage longer than a tick, run the missed tick once (true) or skip to "
+        "the next one (false). Never more than once."))
+
+    @property
+    def entry_name(self) -> str:
+        return self.name or self.task
+
+
+@dataclass(frozen=True)
+class AlertsConfig:
+    """Thresholds for the health warnings of ``status`` (and ``status --check``)."""
+
+    high_depth: int = setting(100, parse=s.whole(1), help="High-priority jobs waiting...")
+    high_depth_for: float = setting(120.0, parse=s.duration(), help="...for this long.")
+    depth: int = setting(1000, parse=s.whole(1), help="Jobs waiting in any one queue...")
+    depth_for: float = setting(300.0, parse=s.duration(), help="...for this long.")
+    utilization: float = setting(0.9, parse=s.positive_number, help=(
+        "Busy share of a pool's slots (0-1)..."))
+    utilization_for: float = setting(300.0, parse=s.duration(), help="...for this long.")
+
+
+@dataclass(frozen=True)
+class Deployment:
+    """Everything one master runs."""
+
+    source: str = "environment"
+    app: str = setting(required=True, parse=s.text, env="BANANAS_APP", help=(
+        'Import path of your App, "package.module:attribute" (attribute defaults to app). '
+        "Imported once by check and, before any fork, by start."))
+    redis_url: str | None = setting(None, parse=s.optional_text,
+                                    env=("BANANAS_REDIS_URL", "REDIS_URL"), help=(
+        'Redis URL; "embedded" starts a private, supervised redis-server. Unset: the '
+        "environment, else 127.0.0.1:6379 if it answers, else embedded."))
+    namespace: str = setting("bananas", parse=s.text, env="BANANAS_NAMESPACE", help=(
+        "Key prefix, so several deployments can share one Redis."))
+    shutdown_timeout: float = setting(30.0, parse=s.duration(), env="BANANAS_SHUTDOWN_TIMEOUT",
+                                      help=(
+        "Graceful stop budget: running jobs get this long to finish; unfinished ones "
+        "return to their queues."))
+    pidfile: str | None = setting(None, parse=s.optional_text, env="BANANAS_PIDFILE", help=(
+        "Where start writes the master's pid; reload and stop read it."))
+    owner_ttl: float = setting(30.0, parse=s.duration(3.0), env="BANANAS_OWNER_TTL", help=(
+        "Liveness lease of a child's jobs. The master renews it; jobs of a machine that "
+        "died return to their queues after this long."))
+    max_redeliveries: int = setting(3, parse=s.whole(1), env="BANANAS_MAX_REDELIVERIES",
+                                    help=(
+        "A job whose worker died this many times goes to the dead letters as a poison pill."))
+    result_ttl: float = setting(3600.0, parse=s.duration(), env="BANANAS_RESULT_TTL", help=(
+        "How long a finished job's record and result are kept."))
+    dead_ttl: float = setting(7 * 86400.0, parse=s.duration(1.0), env="BANANAS_DEAD_TTL",
+                              help="How long dead jobs are kept.")
+    preload_app: bool = setting(True, parse=s.boolean, env="BANANAS_PRELOAD_APP", help=(
+        "Import the app in the master so children share its memory (copy-on-write). HUP "
+        "and USR2 still load fresh code: the master re-imports the app first."))
+    max_restart_backoff: float = setting(30.0, parse=s.duration(0.1),
+                                         env="BANANAS_MAX_RESTART_BACKOFF", help=(
+        "Cap of the per-pool restart backoff of children that keep failing."))
+    log_level: str = setting("info", parse=s.one_of("debug", "info", "warning", "error"),
+                             env="BANANAS_LOG_LEVEL", help="Log level of the master and children.")
+    log_format: str = setting("text", parse=s.one_of("text", "json"), env="BANANAS_LOG_FORMAT",
+                              help="text for people, json (one object per line) for shippers.")
+    metrics_port: int | None = setting(None, parse=s.optional(s.whole(1, 65535)),
+                                       env="BANANAS_METRICS_PORT", help=(
+        "Serve Prometheus metrics on this port (unset: no metrics server)."))
+    metrics_bind: str = setting("127.0.0.1", parse=s.text, env="BANANAS_METRICS_BIND",
+                                help="Address the metrics server listens on.")
+    data_dir: str = setting(".bananas", parse=s.text, env="BANANAS_DATA_DIR", help=(
+        "Directory of the embedded redis-server's data (AOF) and socket."))
+    scheduler: SchedulerConfig = SchedulerConfig()
+    alerts: AlertsConfig = AlertsConfig()
+    periodic: tuple[PeriodicConfig, ...] = ()
+    pools: tuple[PoolConfig, ...] = (PoolConfig(),)
+
+    def pool(self, name: str) -> PoolConfig:
+        return next(p for p in self.pools if p.name == name)
+
+    @property
+    def runs_scheduler(self) -> bool:
+        return self.scheduler.enabled
+
+
+TABLES = {"scheduler": SchedulerConfig, "alerts": AlertsConfig}
+
+
+# -- locating keys in the TOML text ---------------------------------------------------
+
+
+class KeyLocator:
+    """Finds the line of a key in TOML source (tomllib does not keep positions)."""
+
+    _HEADER = re.compile(r"^\s*(\[\[?)\s*([^\]]+?)\s*\]\]?\s*(#.*)?$")
+    _KEY = re.compile(r"^\s*([A-Za-z0-9_.\-\"' ]+?)\s*=")
+
+    def __init__(self, text: str) -> None:
+        self.lines: dict[tuple[str, ...], int] = {}
+        table: tuple[str, ...] = ()
+        arrays: dict[tuple[str, ...], int] = {}
+        for number, line in enumerate(text.splitlines(), start=1):
+            header = self._HEADER.match(line)
+            if header:
+                path = self._split(header.group(2))
+                if header.group(1) == "[[":
+                    index = arrays.get(path, -1) + 1
+                    arrays[path] = index
+                    path = (*path, str(index))
+                table = path
+                self.lines.setdefault(table, number)
+                continue
+            key = self._KEY.match(line)
+            if key:
+                self.lines.setdefault((*table, *self._split(key.group(1))), number)
+
+    @staticmethod
+    def _split(dotted: str) -> tuple[str, ...]:
+        return tuple(part.strip().strip("\"'") for part in dotted.split("."))
+
+    def line(self, *path: str | int) -> int | None:
+        parts = tuple(str(p) for p in path)
+        while parts:
+            if parts in self.lines:
+                return self.lines[parts]
+            parts = parts[:-1]
+        return None
+
+
+# -- building objects from raw values --------------------------------------------------
+
+T = TypeVar("T")
+
+
+@dataclass
+class _Reader:
+    """Turns raw tables into config objects, raising ConfigError at the right place."""
+
+    source: str
+    locator: KeyLocator | None = None
+
+    def error(self, path: tuple[str | int, ...], message: str) -> ConfigError:
+        line = self.locator.line(*path) if self.locator else None
+        return ConfigError(self.source, _dotted(path), message, line)
+
+    def build(self, cls: type[T], raw: Mapping[str, Any], path: tuple[str | int, ...],
+              **fixed: Any) -> T:
+        fields = {f.name: f for f in declared(cls)}
+        if not isinstance(raw, Mapping):
+            raise self.error(path, f"must be a table, got {raw!r}")
+        for key in raw:
+            if key not in fields:
+                raise self.error((*path, key), _unknown(key, [*fields, *_sub_tables(cls)]))
+        values: dict[str, Any] = dict(fixed)
+        for name, field in fields.items():
+            if name in raw:
+                try:
+                    values[name] = field.metadata["parse"](raw[name])
+                except ValueError as exc:
+                    raise self.error((*path, name), str(exc)) from None
+            elif field.metadata["required"]:
+                raise self.error((*path, name), "is required")
+        return cls(**values)
+
+
+def _sub_tables(cls: type) -> list[str]:
+    return [*TABLES, "periodic", "pools"] if cls is Deployment else []
+
+
+def _unknown(key: str, valid: list[str]) -> str:
+    suggestion = s.closest(key, valid)
+    hint = f"; did you mean {suggestion!r}?" if suggestion else \
+        f"; valid keys: {', '.join(valid)}"
+    return f"unknown key{hint}"
+
+
+def _dotted(path: tuple[str | int, ...]) -> str:
+    out = ""
+    for part in path:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else part)
+    return out
+
+
+# -- the file path ----------------------------------------------------------------------
+
+
+def load_file(path: str | os.PathLike[str]) -> Deployment:
+    """Read and validate a deployment file."""
+    source = str(path)
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(source, None, f"cannot read the file: {exc.strerror}") from None
+    except UnicodeDecodeError:
+        raise ConfigError(source, None, "is not UTF-8 text") from None
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        message = str(exc)
+        match = re.search(r"\(at line (\d+), column (\d+)\)", message)
+        line = int(match.group(1)) if match else None
+        raise ConfigError(source, None, f"invalid TOML: {message}", line) from None
+    return from_mapping(data, source, KeyLocator(text))
+
+
+def from_mapping(data: Mapping[str, Any], source: str,
+                 locator: KeyLocator | None = None) -> Deployment:
+    """Validate parsed TOML (also used by tests) into a Deployment."""
+    reader = _Reader(source, locator)
+    top = {k: v for k, v in data.items() if k not in (*TABLES, "periodic", "pools")}
+    tables: dict[str, Any] = {name: reader.build(cls, data.get(name, {}), (name,))
+                              for name, cls in TABLES.items()}
+    deployment = reader.build(Deployment, top, (), source=source, **tables,
+                              periodic=_periodic(reader, data.get("periodic", [])),
+                              pools=_pools(reader, data))
+    return _checked(deployment, reader)
+
+
+def _pools(reader: _Reader, data: Mapping[str, Any]) -> tuple[PoolConfig, ...]:
+    if "pools" not in data:
+        return (PoolConfig(),)
+    raw = data["pools"]
+    if not isinstance(raw, Mapping):
+        raise reader.error(("pools",), "must be a table of [pools.<name>] tables")
+    if not raw:
+        raise reader.error(("pools",), "is empty: declare at least one [pools.<name>] table, "
+                                       "or leave [pools] out for one default pool")
+    pools = []
+    for name, table in raw.items():
+        if not _POOL_NAME.match(name):
+            raise reader.error(("pools", name), "pool names use letters, digits, '.', '_', '-'")
+        pool = reader.build(PoolConfig, table, ("pools", name), name=name)
+        pools.append(_checked_pool(pool, reader, ("pools", name)))
+    return tuple(pools)
+
+
+def _periodic(reader: _Reader, raw: Any) -> tuple[PeriodicConfig, ...]:
+    if not isinstance(raw, list):
+        raise reader.error(("periodic",), "must be an array of [[periodic]] tables")
+    entries = []
+    for index, table in enumerate(raw):
+        path: tuple[str | int, ...] = ("periodic", index)
+        entry = reader.build(PeriodicConfig, table, path)
+        if (entry.cron is None) == (entry.every is None):
+            raise reader.error(path, 'give either cron = "..." or every = "..." (one of them)')
+        if entry.cron is not None:
+            _check_cron(reader, (*path, "cron"), entry.cron)
+        entries.append(entry)
+    names = [e.entry_name for e in entries]
+    for index, name in enumerate(names):
+        if names.index(name) != index:
+            raise reader.error(("periodic", index), f"a second entry named {name!r}; give each "
+                                                    "entry with the same task its own name")
+    return tuple(entries)
+
+
+def _check_cron(reader: _Reader, path: tuple[str | int, ...], expression: str) -> None:
+    from croniter import croniter
+
+    if not croniter.is_valid(expression):
+        raise reader.error(path, f"{expression!r} is not a valid cron expression "
+                                 '(five fields: minute hour day month weekday, e.g. "*/5 * * * *")')
+
+
+def _checked_pool(pool: PoolConfig, reader: _Reader,
+                  path: tuple[str | int, ...]) -> PoolConfig:
+    """Apply what each mode implies; reject combinations that contradict it."""
+    every_type = pool.job_types == ("*",)
+    if pool.mode == "thin":
+        if not 1 <= pool.concurrency <= THIN_MAX_CONCURRENCY:
+            raise reader.error((*path, "concurrency"), "thin mode runs 1 to 10 jobs at once "
+                               f"(one process); got {pool.concurrency}")
+        if not every_type or set(pool.priorities) != set(PRIORITIES):
+            key = "job_types" if not every_type else "priorities"
+            raise reader.error((*path, key), "thin mode serves every priority and job type")
+        return dataclasses.replace(pool, threads=pool.concurrency)
+    if pool.mode == "job-specialized" and every_type:
+        raise reader.error((*path, "job_types"), "job-specialized mode needs the job types "
+                           'this pool runs, e.g. job_types = ["generate_report"] (not "*")')
+    if pool.mode in ("default", "specialized") and not every_type:
+        raise reader.error((*path, "job_types"), f"{pool.mode} mode runs every job type; use "
+                           "mode = \"job-specialized\" to restrict job_types")
+    if pool.runs_jobs and pool.threads > pool.concurrency:
+        raise reader.error((*path, "threads"), f"threads ({pool.threads}) cannot exceed "
+                           f"concurrency ({pool.concurrency})")
+    if pool.max_memory_mb_hard is not None and pool.max_memory_mb is not None \
+            and pool.max_memory_mb_hard <= pool.max_memory_mb:
+        raise reader.error((*path, "max_memory_mb_hard"), "must be above max_memory_mb "
+                           f"({pool.max_memory_mb})")
+    return pool
+
+
+def _checked(deployment: Deployment, reader: _Reader) -> Deployment:
+    if not any(pool.runs_jobs for pool in deployment.pools) and not deployment.scheduler.enabled:
+        raise reader.error(("scheduler", "enabled"), "nothing to run: every pool is "
+                           "scheduler-only and the scheduler is disabled")
+    if deployment.alerts.utilization > 1:
+        raise reader.error(("alerts", "utilization"), "is a share between 0 and 1")
+    if deployment.redis_url not in (None, "embedded") and not re.match(
+            r"^(redis|rediss|unix)://", deployment.redis_url or ""):
+        raise reader.error(("redis_url",), 'must start with redis://, rediss:// or unix:// '
+                           f'(or be "embedded"), got {deployment.redis_url!r}')
+    return deployment
+
+
+# -- the environment path ---------------------------------------------------------------
+
+
+def load_environment(environ: Mapping[str, str] | None = None,
+                     dotenv: str | os.PathLike[str] | None = ".env") -> Deployment:
+    """One pool from WORKER_* variables (the real environment wins over ``.env``)."""
+    values: dict[str, str] = {}
+    if dotenv is not None and Path(dotenv).is_file():
+        from dotenv import dotenv_values
+
+        values.update({k: v for k, v in dotenv_values(dotenv).items() if v is not None})
+    values.update(os.environ if environ is None else environ)
+    reader = _Reader("environment")
+
+    def raw_for(cls: type) -> dict[str, Any]:
+        raw = {}
+        for field in declared(cls):
+            for name in _env_names(field):
+                if name in values:
+                    raw[field.name] = values[name]
+                    break
+        return raw
+
+    def build(cls: type[T], **fixed: Any) -> T:
+        try:
+            return reader.build(cls, raw_for(cls), (), **fixed)
+        except ConfigError as exc:
+            raise _env_error(cls, exc) from None
+
+    pool = build(PoolConfig)
+    pool = _env_checked(lambda: _checked_pool(pool, reader, ()), PoolConfig)
+    pool = dataclasses.replace(pool, name=pool.mode)
+    deployment = build(Deployment, source="environment", scheduler=build(SchedulerConfig),
+                       pools=(pool,))
+    return _env_checked(lambda: _checked(deployment, reader), Deployment)
+
+
+def _env_names(field: dataclasses.Field[Any]) -> tuple[str, ...]:
+    env = field.metadata.get("env")
+    if env is None:
+        return ()
+    return (env,) if isinstance(env, str) else tuple(env)
+
+
+def _env_error(cls: type, exc: ConfigError) -> ConfigError:
+    """Name the environment variable rather than the setting."""
+    name = (exc.key or "").split(".")[-1]
+    for field in declared(cls):
+        if field.name == name and _env_names(field):
+            message = exc.message
+            if message == "is required" and field.name == "app":
+                message = ("is required: set it to your App's import path, e.g. "
+                           "myproject.tasks:app (or pass a deployment file)")
+            return ConfigError("environment", _env_names(field)[0], message)
+    return exc
+
+
+def _env_checked(check: Any, cls: type) -> Any:
+    try:
+        return check()
+    except ConfigError as exc:
+        raise _env_error(cls, exc) from None
+
+
+# -- the application ------------------------------------------------------------------------
+
+
+def import_app(deployment: Deployment) -> Any:
+    """Import the deployment's App; any failure is a config error on the ``app`` key."""
+    from .app import App
+
+    spec = deployment.app
+    module_name, _, attribute = spec.partition(":")
+    attribute = attribute or "app"
+    reader = _Reader(deployment.source, _locator_for(deployment.source))
+    if os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())
+    try:
+        module = importlib.import_module(module_name)
+    except BaseException as exc:
+        raise _app_error(reader, deployment,
+                         f"cannot import {module_name!r}: {type(exc).__name__}: {exc}") from None
+    target: Any = module
+    for part in attribute.split("."):
+        target = getattr(target, part, None)
+    if not isinstance(target, App):
+        raise _app_error(reader, deployment, f"{spec!r} is not an App (found "
+                         f"{type(target).__name__}); point it at the App instance")
+    return target
+
+
+def _app_error(reader: _Reader, deployment: Deployment, message: str) -> ConfigError:
+    if deployment.source == "environment":
+        return ConfigError("environment", "BANANAS_APP", message)
+    return reader.error(("app",), message)
+
+
+def _locator_for(source: str) -> KeyLocator | None:
+    try:
+        return KeyLocator(Path(source).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError):
+        return None
+
+
+def load(path: str | os.PathLike[str] | None) -> Deployment:
+    """A deployment file if given, else the environment (and ``.env``)."""
+    return load_file(path) if path is not None else load_environment()
+
+
+def describe(deployment: Deployment) -> list[str]:
+    """Human summary lines, as ``check`` prints them."""
+    lines = []
+    for pool in deployment.pools:
+        if pool.runs_jobs:
+            lines.append(f"pool {pool.name}: {pool.mode}, {pool.processes} process(es) x "
+                         f"{pool.threads} thread(s), priorities {','.join(pool.priorities)}, "
+                         f"job types {','.join(pool.job_types)}")
+        else:
+            lines.append(f"pool {pool.name}: scheduler-only (runs no jobs)")
+    sched = deployment.scheduler
+    lines.append(f"scheduler: {'on' if sched.enabled else 'off'}, interval {sched.interval:g}s, "
+                 f"lease {sched.lease:g}s, {len(deployment.periodic)} periodic entr"
+                 f"{'y' if len(deployment.periodic) == 1 else 'ies'}")
+    return lines

@@ -1,0 +1,58 @@
+"""Importing the application, and importing it again for a code deploy.
+
+The master imports the app once before forking (children share it
+copy-on-write). A code deploy must not be defeated by that preload: before
+forking new children, the master forgets the application's own modules
+(everything imported for the app that is not in the standard library or
+site-packages) and imports them again. If the new code fails to import, the
+old modules are put back and the running code stays.
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+import sysconfig
+from pathlib import Path
+from typing import Any
+
+from .config import Deployment, import_app
+
+_baseline: set[str] = set()
+_library_roots = tuple(
+    str(Path(path).resolve())
+    for key in ("stdlib", "platstdlib", "purelib", "platlib")
+    if (path := sysconfig.get_paths().get(key))
+)
+
+
+def first_import(deployment: Deployment) -> Any:
+    """Import the app, remembering which modules were there before it."""
+    _baseline.update(sys.modules)
+    return import_app(deployment)
+
+
+def _is_application_module(name: str) -> bool:
+    module = sys.modules.get(name)
+    filename = getattr(module, "__file__", None)
+    if name in _baseline or not filename:
+        return False
+    return not str(Path(filename).resolve()).startswith(_library_roots)
+
+
+def reimport_app(deployment: Deployment) -> Any:
+    """Forget the application's modules and import the app again (fresh code).
+
+    Raises ConfigError (with the old modules restored) if the new code fails.
+    """
+    stale = [name for name in list(sys.modules) if _is_application_module(name)]
+    saved = {name: sys.modules.pop(name) for name in stale}
+    importlib.invalidate_caches()
+    try:
+        return import_app(deployment)
+    except BaseException:
+        for name in list(sys.modules):
+            if _is_application_module(name):
+                del sys.modules[name]
+        sys.modules.update(saved)
+        raise

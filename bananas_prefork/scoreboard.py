@@ -1,0 +1,145 @@
+"""What a child tells its master without a system call: a shared-memory record.
+
+The master maps one anonymous shared region per child before forking it. The
+child writes its heartbeat, counters and, per thread slot, the job it runs
+and when it started; the master reads them on every tick. Writing is a few
+memory stores per job, so it costs nothing on the hot path, and it still tells
+the truth when a job holds the GIL or hangs in C code: the record says when
+the job started and what its hard limit is.
+
+A slot is written under a sequence counter (odd while writing) so the master
+never reads a half-written job.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import mmap
+import time
+from dataclasses import dataclass
+
+JOB_ID_SIZE = 64
+JOB_TYPE_SIZE = 96
+
+STARTING, RUNNING, STOPPING = 0, 1, 2
+
+
+class _Header(ctypes.Structure):
+    _fields_ = [
+        ("heartbeat", ctypes.c_double),
+        ("state", ctypes.c_uint8),
+        ("jobs_done", ctypes.c_uint64),
+        ("jobs_failed", ctypes.c_uint64),
+    ]
+
+
+class _Slot(ctypes.Structure):
+    _fields_ = [
+        ("seq", ctypes.c_uint64),
+        ("busy", ctypes.c_uint8),
+        ("attempt", ctypes.c_uint32),
+        ("started_at", ctypes.c_double),
+        ("timeout", ctypes.c_double),  # 0: none
+        ("job_id", ctypes.c_char * JOB_ID_SIZE),
+        ("job_type", ctypes.c_char * JOB_TYPE_SIZE),
+    ]
+
+
+@dataclass(frozen=True)
+class SlotView:
+    """A consistent copy of one slot."""
+
+    slot: int
+    job_id: str
+    job_type: str
+    attempt: int
+    started_at: float  # wall clock (time.time())
+    timeout: float | None
+
+
+class Scoreboard:
+    """One child's shared record: a header and one entry per thread slot."""
+
+    def __init__(self, threads: int) -> None:
+        self.threads = threads
+        size = ctypes.sizeof(_Header) + ctypes.sizeof(_Slot) * threads
+        self._map = mmap.mmap(-1, size)
+        self._header = _Header.from_buffer(self._map)
+        self._slots = (_Slot * threads).from_buffer(self._map, ctypes.sizeof(_Header))
+
+    def close(self) -> None:
+        del self._header, self._slots
+        self._map.close()
+
+    # -- the child writes ---------------------------------------------------------
+
+    def beat(self) -> None:
+        self._header.heartbeat = time.time()
+
+    def set_state(self, state: int) -> None:
+        self._header.state = state
+        self.beat()
+
+    def job_started(self, slot: int, job_id: str, job_type: str, attempt: int,
+                    timeout: float | None) -> None:
+        record = self._slots[slot]
+        record.seq += 1
+        record.job_id = job_id.encode()[:JOB_ID_SIZE - 1]
+        record.job_type = job_type.encode()[:JOB_TYPE_SIZE - 1]
+        record.attempt = attempt
+        record.timeout = timeout or 0.0
+        record.started_at = time.time()
+        record.busy = 1
+        record.seq += 1
+        self.beat()
+
+    def job_ended(self, slot: int, succeeded: bool) -> None:
+        record = self._slots[slot]
+        record.seq += 1
+        record.busy = 0
+        record.seq += 1
+        if succeeded:
+            self._header.jobs_done += 1
+        else:
+            self._header.jobs_failed += 1
+        self.beat()
+
+    # -- the master reads ---------------------------------------------------------
+
+    @property
+    def heartbeat(self) -> float:
+        return float(self._header.heartbeat)
+
+    @property
+    def state(self) -> int:
+        return int(self._header.state)
+
+    @property
+    def jobs_done(self) -> int:
+        return int(self._header.jobs_done)
+
+    @property
+    def jobs_failed(self) -> int:
+        return int(self._header.jobs_failed)
+
+    def busy_slots(self) -> list[SlotView]:
+        views = []
+        for index in range(self.threads):
+            view = self._read(index)
+            if view is not None:
+                views.append(view)
+        return views
+
+    def _read(self, index: int) -> SlotView | None:
+        record = self._slots[index]
+        for _ in range(100):
+            before = record.seq
+            if before % 2:
+                continue
+            view = SlotView(index, record.job_id.decode(errors="replace"),
+                            record.job_type.decode(errors="replace"), int(record.attempt),
+                            float(record.started_at), float(record.timeout) or None)
+            busy = bool(record.busy)
+            if record.seq == before:
+                return view if busy else None
+        return None
