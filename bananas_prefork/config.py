@@ -155,8 +155,9 @@ class Deployment:
                                     env=("BANANAS_REDIS_URL", "REDIS_URL"), help=(
         'Redis URL; "embedded" starts a private, supervised redis-server. Unset: the '
         "environment, else 127.0.0.1:6379 if it answers, else embedded."))
-    namespace: str = setting("bananas", parse=s.text, env="BANANAS_NAMESPACE", help=(
-        "Key prefix, so several deployments can share one Redis."))
+    namespace: str | None = setting(None, parse=s.optional_text, env="BANANAS_NAMESPACE", help=(
+        "Key prefix, so several deployments can share one Redis. Unset: the App's own "
+        '(default "bananas").'))
     shutdown_timeout: float = setting(30.0, parse=s.duration(), env="BANANAS_SHUTDOWN_TIMEOUT",
                                       help=(
         "Graceful stop budget: running jobs get this long to finish; unfinished ones "
@@ -228,7 +229,8 @@ class KeyLocator:
                     arrays[path] = index
                     path = (*path, str(index))
                 table = path
-                self.lines.setdefault(table, number)
+                for end in range(1, len(path) + 1):  # [pools.a] also locates "pools"
+                    self.lines.setdefault(path[:end], number)
                 continue
             key = self._KEY.match(line)
             if key:

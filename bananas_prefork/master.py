@@ -86,7 +86,8 @@ class Master:
         self._rolling: Pool | None = None
         self.pending: list[Recovery] = []
         self.ready_notified = False
-        self.broker = self._make_broker(deployment)
+        configure_app(app, deployment)
+        self.broker = self._make_broker(app)
         self._selector = selectors.DefaultSelector()
         self._wakeup_r = self._wakeup_w = -1
         self._connect_failures = 0
@@ -94,7 +95,6 @@ class Master:
         self._next_renewal = 0.0
         self._next_orphan_scan = 0.0
         self._pidfile = Pidfile(deployment.pidfile) if deployment.pidfile else None
-        configure_app(app, deployment)
         self._add_pools(deployment)
 
     # -- the loop ------------------------------------------------------------------
@@ -211,13 +211,11 @@ class Master:
     # -- starting -----------------------------------------------------------------------
 
     @staticmethod
-    def _make_broker(deployment: Deployment) -> Broker:
-        from .app import resolve_redis_url
-
-        client = connect(resolve_redis_url(deployment.redis_url))
-        return Broker(client, deployment.namespace, result_ttl=int(deployment.result_ttl),
-                      dead_ttl=int(deployment.dead_ttl), owner_ttl=deployment.owner_ttl,
-                      max_redeliveries=deployment.max_redeliveries)
+    def _make_broker(app: App) -> Broker:
+        """The master's own connection, to the Redis and namespace its children use."""
+        return Broker(connect(app.redis_url), app.namespace, result_ttl=int(app.result_ttl),
+                      dead_ttl=int(app.dead_ttl), owner_ttl=app.owner_ttl,
+                      max_redeliveries=app.max_redeliveries)
 
     def _connect(self) -> None:
         """Wait for Redis with backoff; children start once it answers."""
@@ -537,7 +535,7 @@ class Master:
         connection_changed = (old.app, old.redis_url, old.namespace) != \
             (new.app, new.redis_url, new.namespace)
         if connection_changed:
-            self.broker = self._make_broker(new)
+            self.broker = self._make_broker(app)
         wanted: dict[str, PoolConfig | None] = {p.name: p for p in new.pools if p.runs_jobs}
         if _scheduler_child_wanted(new):
             wanted["scheduler"] = None

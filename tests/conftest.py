@@ -18,6 +18,8 @@ from bananas_prefork import App
 from bananas_prefork.consumer import Consumer
 from bananas_prefork.embedded import RedisServer
 
+pytest_plugins = ("tests.masters",)
+
 
 def _binary() -> str | None:
     return os.environ.get("BANANAS_TEST_REDIS_SERVER") or None
