@@ -13,13 +13,16 @@ import uuid
 from collections.abc import Callable, Iterable, Sequence
 from datetime import UTC, datetime, timedelta
 from functools import cached_property
-from typing import Any, Generic, ParamSpec, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar
 
 from . import job as jobs
 from .broker import Broker, NewJob, connect
 from .durations import parse_duration
 from .job import JobInfo
 from .keys import PRIORITIES
+
+if TYPE_CHECKING:
+    from .config import PeriodicConfig
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -87,7 +90,7 @@ class App:
         self.owner_ttl = owner_ttl
         self.max_redeliveries = max_redeliveries
         self.tasks: dict[str, Task[Any, Any]] = {}
-        self.periodic_entries: list[Any] = []
+        self.periodic_entries: list[PeriodicConfig] = []
 
     # -- configuration -------------------------------------------------------
 
@@ -137,6 +140,35 @@ class App:
             return task
 
         return register(fn) if fn is not None else register
+
+    def periodic(self, *, cron: str | None = None, every: float | str | None = None,
+                 name: str | None = None, priority: str | None = None,
+                 args: Sequence[Any] = (), kwargs: dict[str, Any] | None = None,
+                 catch_up: bool = True) -> Callable[[Any], Any]:
+        """Run a task on a schedule, declared in code: ``@app.periodic(every="1h")``.
+
+        Stack it on ``@app.task`` (or on a plain function, which becomes a task).
+        Masters register it with the schedule in Redis, like a file's
+        ``[[periodic]]`` entry (which wins on the same name).
+        """
+        from .config import PeriodicConfig
+        from .periodic import check_schedule
+
+        seconds = parse_duration(every) if every is not None else None
+        check_schedule(cron, seconds)
+        if priority is not None:
+            _check_priority(priority)
+
+        def register(target: Any) -> Any:
+            task = target if isinstance(target, Task) else self.task(target)
+            entry = PeriodicConfig(task=task.name, name=name, cron=cron, every=seconds,
+                                   priority=priority, args=tuple(args),
+                                   kwargs=dict(kwargs or {}), catch_up=catch_up)
+            _check_name(entry.entry_name)
+            self.periodic_entries.append(entry)
+            return task
+
+        return register
 
     # -- enqueueing ----------------------------------------------------------
 

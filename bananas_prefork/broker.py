@@ -103,9 +103,24 @@ class Broker:
     def prefix(self) -> str:
         return self.keys.prefix
 
+    # Typed reads (the client decodes every reply to str).
+
     def members(self, key: str) -> list[str]:
-        """A set's members, sorted (the client decodes replies to str)."""
+        """A set's members, sorted."""
         return sorted(cast(set[str], self.client.smembers(key)))
+
+    def fields(self, key: str) -> dict[str, str]:
+        return cast(dict[str, str], self.client.hgetall(key))
+
+    def scored(self, key: str, upto: float | str = "+inf",
+               limit: int | None = None) -> list[tuple[str, float]]:
+        """Members of a sorted set with scores up to ``upto``, lowest first."""
+        return cast(list[tuple[str, float]], self.client.zrangebyscore(
+            key, "-inf", upto, start=0 if limit else None, num=limit, withscores=True))
+
+    def lowest(self, key: str) -> tuple[str, float] | None:
+        first = cast(list[tuple[str, float]], self.client.zrange(key, 0, 0, withscores=True))
+        return first[0] if first else None
 
     # -- producing ---------------------------------------------------------
 

@@ -21,11 +21,13 @@ from typing import Any, TypeVar
 
 from . import settings as s
 from .keys import PRIORITIES
+from .periodic import check_schedule
 from .settings import declared, setting
 
 MODES = ("thin", "default", "specialized", "job-specialized", "scheduler-only")
 THIN_MAX_CONCURRENCY = 10
 _POOL_NAME = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
+_ENTRY_NAME = re.compile(r"^[A-Za-z0-9_.:/@-]{1,200}$")
 
 
 class ConfigError(Exception):
@@ -363,10 +365,12 @@ def _periodic(reader: _Reader, raw: Any) -> tuple[PeriodicConfig, ...]:
     for index, table in enumerate(raw):
         path: tuple[str | int, ...] = ("periodic", index)
         entry = reader.build(PeriodicConfig, table, path)
-        if (entry.cron is None) == (entry.every is None):
-            raise reader.error(path, 'give either cron = "..." or every = "..." (one of them)')
-        if entry.cron is not None:
-            _check_cron(reader, (*path, "cron"), entry.cron)
+        try:
+            check_schedule(entry.cron, entry.every)
+        except ValueError as exc:
+            raise reader.error((*path, "cron") if entry.cron else path, str(exc)) from None
+        if not _ENTRY_NAME.match(entry.entry_name):
+            raise reader.error((*path, "name"), "use letters, digits and . _ - : / @")
         entries.append(entry)
     names = [e.entry_name for e in entries]
     for index, name in enumerate(names):
@@ -374,14 +378,6 @@ def _periodic(reader: _Reader, raw: Any) -> tuple[PeriodicConfig, ...]:
             raise reader.error(("periodic", index), f"a second entry named {name!r}; give each "
                                                     "entry with the same task its own name")
     return tuple(entries)
-
-
-def _check_cron(reader: _Reader, path: tuple[str | int, ...], expression: str) -> None:
-    from croniter import croniter
-
-    if not croniter.is_valid(expression):
-        raise reader.error(path, f"{expression!r} is not a valid cron expression "
-                                 '(five fields: minute hour day month weekday, e.g. "*/5 * * * *")')
 
 
 def _checked_pool(pool: PoolConfig, reader: _Reader,

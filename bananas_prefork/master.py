@@ -27,7 +27,7 @@ from dataclasses import dataclass
 import redis
 from setproctitle import setproctitle
 
-from . import child, monitor, reloader
+from . import child, monitor, periodic, reloader
 from .app import App
 from .broker import Broker, connect
 from .child import EXIT_BOOT_ERROR, EXIT_OK, MASTER_SIGNALS, ChildSpec, configure_app
@@ -36,6 +36,7 @@ from .consumer import failure_settlement, owner_id
 from .job import Job
 from .pidfile import Pidfile
 from .pool import QUICK_DEATH, Pool, Worker, close_worker_resources
+from .scheduler import leader_identity
 from .scoreboard import Scoreboard
 from .systemd import Notifier
 
@@ -94,6 +95,7 @@ class Master:
         self._next_connect = 0.0
         self._next_renewal = 0.0
         self._next_orphan_scan = 0.0
+        self._periodic_pending = False
         self._pidfile = Pidfile(deployment.pidfile) if deployment.pidfile else None
         self._add_pools(deployment)
 
@@ -122,6 +124,8 @@ class Master:
         if self.state is State.STARTING:
             self._connect()
         elif self.state is State.RUNNING:
+            if self._periodic_pending:
+                self._register_periodic()
             self._check_health()
             self._advance_rollout()
             self._manage_pools()
@@ -233,6 +237,7 @@ class Master:
         log.info("redis answered; starting children")
         self.state = State.RUNNING
         self._recover_orphans_of_this_host()
+        self._register_periodic()
 
     def _recover_orphans_of_this_host(self) -> None:
         """Jobs of children of an earlier master on this host that died: give them back now.
@@ -249,6 +254,23 @@ class Master:
             if host == self.host and master_pid not in (0, self.pid) and \
                     not _pid_alive(master_pid):
                 self._recover(owner, lost_run=True, reason="worker lost: its master died")
+
+    def _register_periodic(self) -> None:
+        """Declare this deployment's periodic entries in the shared schedule."""
+        self._periodic_pending = True
+        node = leader_identity(self.pid)
+        try:
+            for source in self.broker.fields(self.broker.keys.periodic_sources):
+                other = source.rpartition("|")[2]
+                host, _, pid = other.rpartition(":")
+                if host == self.host and pid.isdigit() and int(pid) != self.pid and \
+                        not _pid_alive(int(pid)):
+                    periodic.forget_node(self.broker, other)
+            periodic.register(self.broker, periodic.entries_for(self.deployment.periodic,
+                                                                self.app), node)
+            self._periodic_pending = False
+        except redis.RedisError as exc:
+            log.warning("cannot register periodic entries yet (%s); will retry", exc)
 
     # -- pools ------------------------------------------------------------------------------
 
@@ -539,9 +561,10 @@ class Master:
         wanted: dict[str, PoolConfig | None] = {p.name: p for p in new.pools if p.runs_jobs}
         if _scheduler_child_wanted(new):
             wanted["scheduler"] = None
-        scheduler_changed = (old.scheduler, old.periodic) != (new.scheduler, new.periodic)
+        scheduler_changed = old.scheduler != new.scheduler
         for name in {p.name for p in self.pools if not p.draining} | set(wanted):
             self._reconcile(name, wanted, connection_changed, scheduler_changed)
+        self._register_periodic()
         log.info("reloaded %s", new.source)
         self.notifier.ready(self._summary())
 
@@ -575,6 +598,7 @@ class Master:
         configure_app(app, self.deployment)
         self.rollout = [p.name for p in self.pools if not p.draining]
         self._rolling = None
+        self._register_periodic()
         log.info("code reloaded; rolling pools %s", ", ".join(self.rollout))
         self.notifier.ready(self._summary())
 

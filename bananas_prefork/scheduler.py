@@ -192,5 +192,9 @@ def leader_identity(master_pid: int) -> str:
 
 def build_scheduler(app: App, deployment: Deployment, master_pid: int) -> Scheduler:
     """The scheduler a master's child (or a thin pool's child) runs."""
+    from .periodic import PeriodicRunner
+
+    lease = deployment.scheduler.lease
+    runner = PeriodicRunner(app.broker, handover_window=3 * lease)
     return Scheduler(app.broker, identity=leader_identity(master_pid),
-                     interval=deployment.scheduler.interval, lease=deployment.scheduler.lease)
+                     interval=deployment.scheduler.interval, lease=lease, tick=runner.fire_due)

@@ -36,6 +36,7 @@ SCRIPT_NAMES = (
     "lock_release",
     "dead_requeue",
     "dead_remove",
+    "periodic_fire",
 )
 
 
@@ -51,6 +52,7 @@ class Scripts:
         self.lock_release = client.register_script(script_source("lock_release"))
         self.dead_requeue = client.register_script(script_source("dead_requeue"))
         self.dead_remove = client.register_script(script_source("dead_remove"))
+        self.periodic_fire = client.register_script(script_source("periodic_fire"))
 
     def load_all(self, client: redis.Redis) -> None:
         """Load every script up front, so the first job does not pay for it."""

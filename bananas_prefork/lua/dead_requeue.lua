@@ -12,8 +12,10 @@
 
 --! include lib/keys.lua
 --! include lib/queue.lua
+--! include lib/jobs.lua
 
 local requeued = 0
+local woken = {}
 for i = 2, #ARGV do
     local id = ARGV[i]
     local job = key('job', id)
@@ -24,8 +26,9 @@ for i = 2, #ARGV do
         redis.call('HDEL', job, 'owner', 'result', 'finished_at', 'started_at', 'due_at')
         redis.call('HSET', job, 'state', 'queued', 'attempts', 0, 'redeliveries', 0, 'seq', seq)
         push_ready(id, f[2], f[1], seq, false)
-        wake(f[2], f[1], 1)
+        woken[f[2] .. ':' .. f[1]] = (woken[f[2] .. ':' .. f[1]] or 0) + 1
         requeued = requeued + 1
     end
 end
+wake_all(woken)
 return requeued

@@ -16,6 +16,7 @@
 
 --! include lib/keys.lua
 --! include lib/queue.lua
+--! include lib/jobs.lua
 
 local PER_JOB = 7
 local now = redis_now()
@@ -35,46 +36,16 @@ end
 if new_jobs == 0 then
     return flags
 end
-local seq = redis.call('INCRBY', KEYS[1], new_jobs) - new_jobs
-local woken = {}   -- 'prio:type' -> number of jobs made ready
 
+local seq = redis.call('INCRBY', KEYS[1], new_jobs) - new_jobs
+local woken = {}
 for i = 0, count - 1 do
-    local base = 2 + i * PER_JOB
-    local id, name, prio = ARGV[base], ARGV[base + 1], ARGV[base + 2]
-    local job = key('job', id)
     if flags[i + 1] == 1 then
+        local base = 2 + i * PER_JOB
         seq = seq + 1
-        local when = ARGV[base + 6]
-        local due = now
-        if string.sub(when, 1, 1) == '+' then
-            due = now + tonumber(string.sub(when, 2))
-        elseif string.sub(when, 1, 1) == '@' then
-            due = tonumber(string.sub(when, 2))
-        end
-        local state = 'queued'
-        if due > now then
-            state = 'scheduled'
-        end
-        redis.call('HSET', job, 'name', name, 'priority', prio, 'args', ARGV[base + 3],
-            'kwargs', ARGV[base + 4], 'state', state, 'attempts', 0, 'seq', seq,
-            'enqueued_at', now)
-        if ARGV[base + 5] ~= '' then
-            redis.call('HSET', job, 'options', ARGV[base + 5])
-        end
-        if state == 'scheduled' then
-            redis.call('HSET', job, 'due_at', due)
-            schedule(id, due)
-        else
-            push_ready(id, prio, name, seq, false)
-            local pair = prio .. ':' .. name
-            woken[pair] = (woken[pair] or 0) + 1
-        end
-        redis.call('SADD', KEYS[2], prio .. ':' .. name)
+        create_job(ARGV[base], ARGV[base + 1], ARGV[base + 2], ARGV[base + 3], ARGV[base + 4],
+            ARGV[base + 5], ARGV[base + 6], seq, now, woken)
     end
 end
-
-for pair, n in pairs(woken) do
-    local colon = string.find(pair, ':', 1, true)
-    wake(string.sub(pair, 1, colon - 1), string.sub(pair, colon + 1), n)
-end
+wake_all(woken)
 return flags

@@ -16,6 +16,7 @@
 
 --! include lib/keys.lua
 --! include lib/queue.lua
+--! include lib/jobs.lua
 
 if redis.call('GET', KEYS[2]) ~= ARGV[2] then
     return {-1, -1}
@@ -40,10 +41,7 @@ if #ids > 0 then
         end
     end
 end
-for pair, n in pairs(woken) do
-    local colon = string.find(pair, ':', 1, true)
-    wake(string.sub(pair, 1, colon - 1), string.sub(pair, colon + 1), n)
-end
+wake_all(woken)
 local first = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')
 if first[2] == nil then
     return {promoted, '-1'}

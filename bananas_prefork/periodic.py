@@ -1,0 +1,209 @@
+"""Periodic jobs: a schedule that lives in Redis, fired once per tick by the leader.
+
+Every master registers the entries it declares (its file's ``[[periodic]]``
+and ``@app.periodic`` in its code) under its node id. The leader fires what is
+registered, whoever registered it, so a leader started from a file without
+entries does not drop the others'. An entry leaves the schedule when the last
+master that declared it reloads without it.
+
+Each entry's next tick is kept in Redis and advanced by a fenced
+compare-and-set script, so leadership can change at any moment without a tick
+running twice or being skipped. A tick that comes due while leadership changes
+hands (within ``handover_window``) still runs, late; ticks missed in a longer
+outage collapse into one run (``catch_up = true``) or none.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Iterable
+from dataclasses import asdict, dataclass
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, cast
+
+from croniter import croniter
+
+from .broker import Broker, LockLost
+from .job import dumps
+
+if TYPE_CHECKING:
+    from .app import App
+    from .config import PeriodicConfig
+
+log = logging.getLogger(__name__)
+
+FIRE_BATCH = 100
+
+
+@dataclass(frozen=True)
+class Entry:
+    """A periodic entry as registered in Redis (everything resolved and encoded)."""
+
+    name: str
+    task: str
+    cron: str | None
+    every: float | None
+    priority: str
+    args_json: str
+    kwargs_json: str
+    catch_up: bool
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), sort_keys=True, separators=(",", ":"))
+
+    @classmethod
+    def from_json(cls, text: str) -> Entry:
+        return cls(**json.loads(text))
+
+    def same_schedule(self, other: Entry) -> bool:
+        return (self.cron, self.every) == (other.cron, other.every)
+
+    def tick_after(self, moment_ms: int) -> int:
+        """The first tick strictly after ``moment_ms`` (epoch milliseconds)."""
+        if self.every is not None:
+            step = max(1, round(self.every * 1000))
+            return (moment_ms // step + 1) * step  # aligned: every 5m ticks on :00, :05...
+        assert self.cron is not None
+        start = datetime.fromtimestamp(moment_ms / 1000, UTC)
+        return round(croniter(self.cron, start).get_next(float) * 1000)
+
+    def job_id(self, tick_ms: int) -> str:
+        return f"periodic:{self.name}:{tick_ms}"
+
+
+def now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+def check_schedule(cron: str | None, every: float | None) -> None:
+    """ValueError unless exactly one of cron and every is given and valid."""
+    if (cron is None) == (every is None):
+        raise ValueError('give either cron = "..." or every = "..." (one of them)')
+    if cron is not None and not croniter.is_valid(cron):
+        raise ValueError(f"{cron!r} is not a valid cron expression (five fields: minute hour "
+                         'day month weekday, e.g. "*/5 * * * *")')
+    if every is not None and every < 1:
+        raise ValueError(f"every must be at least 1s, got {every:g}s")
+
+
+def entries_for(declared: Iterable[PeriodicConfig], app: App) -> list[Entry]:
+    """Resolve declared entries (code first, then the file, which wins on a name)."""
+    resolved: dict[str, Entry] = {}
+    for config in [*app.periodic_entries, *declared]:
+        task = app.tasks.get(config.task)
+        resolved[config.entry_name] = Entry(
+            name=config.entry_name, task=config.task, cron=config.cron, every=config.every,
+            priority=config.priority or (task.priority if task else "normal"),
+            args_json=dumps(list(config.args), "periodic args"),
+            kwargs_json=dumps(config.kwargs, "periodic kwargs"), catch_up=config.catch_up)
+    return list(resolved.values())
+
+
+# -- registration (each master) ------------------------------------------------------
+
+
+def register(broker: Broker, entries: Iterable[Entry], node: str) -> None:
+    """Declare this node's entries; drop the ones it declared before and no longer does."""
+    keys = broker.keys
+    client = broker.client
+    declared = {entry.name: entry for entry in entries}
+    registered = {name: Entry.from_json(text)
+                  for name, text in broker.fields(keys.periodic).items()}
+    sources = broker.fields(keys.periodic_sources)
+    moment = now_ms()
+    with client.pipeline(transaction=False) as pipe:
+        for name, entry in declared.items():
+            pipe.hset(keys.periodic, name, entry.to_json())
+            pipe.hset(keys.periodic_sources, f"{name}|{node}", entry.to_json())
+            old = registered.get(name)
+            if old is None or not old.same_schedule(entry):
+                pipe.zadd(keys.periodic_next, {name: entry.tick_after(moment)},
+                          nx=old is None)
+        for source in sources:
+            name, _, owner = source.rpartition("|")
+            if owner == node and name not in declared:
+                pipe.hdel(keys.periodic_sources, source)
+                others = [s for s in sources if s.rpartition("|")[0] == name and s != source]
+                if not others:
+                    pipe.hdel(keys.periodic, name)
+                    pipe.zrem(keys.periodic_next, name)
+        pipe.rpush(keys.scheduler_wake, "periodic")
+        pipe.ltrim(keys.scheduler_wake, -1, -1)
+        pipe.execute()
+    if declared:
+        log.info("periodic entries registered: %s", ", ".join(sorted(declared)))
+
+
+def conflicts(broker: Broker) -> dict[str, list[str]]:
+    """Entry name -> nodes, for names that nodes declare differently."""
+    by_name: dict[str, dict[str, list[str]]] = {}
+    for source, text in broker.fields(broker.keys.periodic_sources).items():
+        name, _, node = source.rpartition("|")
+        by_name.setdefault(name, {}).setdefault(text, []).append(node)
+    return {name: sorted(n for nodes in versions.values() for n in nodes)
+            for name, versions in by_name.items() if len(versions) > 1}
+
+
+def forget_node(broker: Broker, node: str) -> None:
+    """Drop the source records of a node that is gone for good (its entries stay)."""
+    sources = broker.fields(broker.keys.periodic_sources)
+    stale = [s for s in sources if s.rpartition("|")[2] == node]
+    if stale:
+        broker.client.hdel(broker.keys.periodic_sources, *stale)
+
+
+# -- firing (the leader) ----------------------------------------------------------------
+
+
+class PeriodicRunner:
+    """The leader's periodic duty: fire every due tick, exactly once."""
+
+    def __init__(self, broker: Broker, handover_window: float) -> None:
+        self.broker = broker
+        self.handover_window_ms = int(handover_window * 1000)
+        self.fired = 0
+
+    def fire_due(self, token: str) -> float | None:
+        """Fire what is due; seconds until the next tick (None if no entries).
+
+        Raises LockLost when the caller is no longer the leader.
+        """
+        keys = self.broker.keys
+        client = self.broker.client
+        for _ in range(10):
+            moment = now_ms()
+            due = self.broker.scored(keys.periodic_next, moment, FIRE_BATCH)
+            if not due:
+                break
+            definitions = cast(list[str | None],
+                               client.hmget(keys.periodic, [name for name, _ in due]))
+            for (name, tick), text in zip(due, definitions, strict=True):
+                if text is None:  # unregistered meanwhile
+                    client.zrem(keys.periodic_next, name)
+                    continue
+                self._fire(token, Entry.from_json(text), int(tick), moment)
+        first = self.broker.lowest(keys.periodic_next)
+        if first is None:
+            return None
+        return max(0.0, (first[1] - now_ms()) / 1000)
+
+    def _fire(self, token: str, entry: Entry, tick: int, moment: int) -> None:
+        if moment - tick <= self.handover_window_ms:
+            fire, following = True, entry.tick_after(tick)
+        else:  # a long outage: run the missed tick once (or not), then resume
+            fire, following = entry.catch_up, entry.tick_after(moment)
+            log.warning("periodic %s: ticks missed since %s; %s", entry.name,
+                        datetime.fromtimestamp(tick / 1000, UTC).isoformat(),
+                        "running once now" if fire else "skipping to the next one")
+        keys = self.broker.keys
+        result = self.broker.scripts.periodic_fire(
+            keys=[keys.scheduler_lock, keys.periodic_next, keys.seq],
+            args=[self.broker.prefix, token, entry.name, tick, following, "1" if fire else "0",
+                  entry.job_id(tick), entry.task, entry.priority, entry.args_json,
+                  entry.kwargs_json])
+        if int(result) < 0:
+            raise LockLost(token)
+        if int(result) == 1 and fire:
+            self.fired += 1
