@@ -78,13 +78,18 @@ class Task(Generic[P, R]):
 
 
 class App:
-    """A registry of tasks bound to a Redis namespace."""
+    """A registry of tasks bound to a Redis namespace.
 
-    def __init__(self, redis_url: str | None = None, namespace: str = "bananas", *,
+    Without arguments it connects where the environment says: ``BANANAS_REDIS_URL``
+    or ``REDIS_URL`` (else the embedded default) and ``BANANAS_NAMESPACE`` (else
+    ``bananas``), the same rules the command line follows.
+    """
+
+    def __init__(self, redis_url: str | None = None, namespace: str | None = None, *,
                  result_ttl: float = 3600, dead_ttl: float = 7 * 86400,
                  owner_ttl: float = 30.0, max_redeliveries: int = 3) -> None:
         self._redis_url = redis_url
-        self.namespace = namespace
+        self.namespace = namespace or os.environ.get("BANANAS_NAMESPACE") or "bananas"
         self.result_ttl = result_ttl
         self.dead_ttl = dead_ttl
         self.owner_ttl = owner_ttl

@@ -28,6 +28,7 @@ from .consumer import Consumer, ConsumerHooks
 from .job import Job
 from .scheduler import build_scheduler
 from .scoreboard import RUNNING, STOPPING, Scoreboard
+from .stats import StatsRecorder
 
 log = logging.getLogger(__name__)
 
@@ -39,7 +40,8 @@ EXIT_ORPHANED = 4  # the master died
 
 MASTER_SIGNALS = (signal.SIGHUP, signal.SIGTERM, signal.SIGINT, signal.SIGQUIT, signal.SIGUSR1,
                   signal.SIGUSR2, signal.SIGTTIN, signal.SIGTTOU, signal.SIGCHLD)
-ORPHAN_GRACE = 2.0  # a child whose master died finishes within this (contract: 3 s)
+ORPHAN_GRACE = 2.0
+STATS_INTERVAL = 0.5  # a child whose master died finishes within this (contract: 3 s)
 _PR_SET_PDEATHSIG = 1
 
 
@@ -72,7 +74,7 @@ def run(spec: ChildSpec) -> NoReturn:
     code = EXIT_CRASH
     try:
         code = _Child(spec).main()
-    except BaseException:
+    except BaseException:  # report anything, then leave with an exit code
         log.exception("child %s crashed", spec.label)
     finally:
         logs.flush()
@@ -82,6 +84,8 @@ def run(spec: ChildSpec) -> NoReturn:
 class _Child:
     def __init__(self, spec: ChildSpec) -> None:
         self.spec = spec
+        self.stats = StatsRecorder()
+        self.stats_stopped = threading.Event()
         self.stop_requested = threading.Event()
         self.title = f"bananas-prefork: {spec.label}"
 
@@ -94,7 +98,7 @@ class _Child:
         random.seed()
         try:
             app = self._load_app()
-        except Exception as exc:
+        except Exception as exc:  # a boot failure is reported to the master, not raised
             self.report(boot_error=f"{type(exc).__name__}: {exc}")
             log.error("child %s cannot start: %s", self.spec.label, exc)
             return EXIT_BOOT_ERROR
@@ -153,7 +157,7 @@ class _Child:
     def _consume(self, app: App) -> int:
         pool = self.spec.pool
         assert pool is not None
-        hooks = _ScoreboardHooks(self.spec.scoreboard, self.title, pool.threads)
+        hooks = _ScoreboardHooks(self.spec.scoreboard, self.title, pool.threads, self.stats)
         consumer = Consumer(app, priorities=pool.priorities, job_types=pool.job_types,
                             threads=pool.threads, pool=pool.name, owner=self.spec.owner,
                             heartbeat=False, max_jobs=self.spec.max_jobs,
@@ -163,7 +167,7 @@ class _Child:
             scheduler = build_scheduler(app, self.spec.deployment, self.spec.master_pid)
         try:
             consumer.start()
-        except Exception as exc:
+        except Exception as exc:  # e.g. Redis went away between the master's check and us
             self.report(boot_error=f"cannot start consuming: {exc}")
             return EXIT_BOOT_ERROR
         if scheduler is not None:
@@ -171,6 +175,8 @@ class _Child:
         self.spec.scoreboard.set_state(RUNNING)
         setproctitle(f"{self.title} idle")
         self.report(ready=True, owner=self.spec.owner)
+        threading.Thread(target=self._send_stats, args=(scheduler,), daemon=True,
+                         name="bananas-stats").start()
         orphaned_at = self._wait(consumer.is_alive, consumer.request_stop)
         self.spec.scoreboard.set_state(STOPPING)
         if scheduler is not None:
@@ -179,7 +185,22 @@ class _Child:
             consumer.stop(timeout=max(0.0, orphaned_at + ORPHAN_GRACE - time.monotonic()))
             return EXIT_ORPHANED
         consumer.stop()
+        self._flush_stats()
         return EXIT_OK
+
+    def _send_stats(self, scheduler: Any = None) -> None:
+        """Once a second: what this child's jobs did since the last time, and whether
+        its scheduler leads."""
+        while not self.stats_stopped.wait(STATS_INTERVAL):
+            self._flush_stats(scheduler)
+
+    def _flush_stats(self, scheduler: Any = None) -> None:
+        delta = self.stats.flush()
+        if delta:
+            self.report(stats=delta)
+        if scheduler is not None:
+            self.report(scheduler={"leading": scheduler.is_leader,
+                                   "promoted": scheduler.promoted})
 
     def _schedule(self, app: App) -> int:
         scheduler = build_scheduler(app, self.spec.deployment, self.spec.master_pid)
@@ -188,6 +209,8 @@ class _Child:
         self.spec.scoreboard.set_state(RUNNING)
         setproctitle(f"{self.title} running")
         self.report(ready=True)
+        threading.Thread(target=self._send_stats, args=(scheduler,), daemon=True,
+                         name="bananas-stats").start()
         orphaned_at = self._wait(thread.is_alive, scheduler.stop)
         scheduler.stop()
         thread.join(ORPHAN_GRACE if orphaned_at is not None else None)
@@ -220,10 +243,12 @@ def configure_app(app: App, deployment: Deployment) -> None:
 
 
 class _ScoreboardHooks(ConsumerHooks):
-    """Reports every job to the master's scoreboard and the process title."""
+    """Reports every job to the master's scoreboard, the stats and the process title."""
 
-    def __init__(self, scoreboard: Scoreboard, title: str, threads: int) -> None:
+    def __init__(self, scoreboard: Scoreboard, title: str, threads: int,
+                 stats: StatsRecorder) -> None:
         self.scoreboard = scoreboard
+        self.stats = stats
         self.title = title
         self.threads = threads
         self.busy = 0
@@ -237,6 +262,7 @@ class _ScoreboardHooks(ConsumerHooks):
 
     def on_job_end(self, slot: int, job: Job, outcome: str, duration: float) -> None:
         self.scoreboard.job_ended(slot, outcome == "succeeded")
+        self.stats.record(job.name, outcome, duration)
         with self.lock:
             self.busy -= 1
             self._retitle(None)

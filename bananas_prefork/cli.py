@@ -140,8 +140,7 @@ def _client_app(redis_url: str | None, namespace: str | None, file: Path | None)
 
     deployment = load_deployment(file) if file else None
     url = redis_url or (deployment.redis_url if deployment else None)
-    ns = namespace or (deployment.namespace if deployment else None) or \
-        os.environ.get("BANANAS_NAMESPACE", "bananas")
+    ns = namespace or (deployment.namespace if deployment else None)
     try:
         return App(url if url != "embedded" else None, namespace=ns)
     except ValueError as exc:
@@ -178,6 +177,154 @@ def enqueue(
     except redis.RedisError as exc:
         fail(f"cannot reach Redis at {app.redis_url}: {exc}", 1)
     typer.echo(job_id)
+
+
+JsonOpt = Annotated[bool, typer.Option("--json", help="Machine-readable output.")]
+ShowArgsOpt = Annotated[bool, typer.Option("--show-args", help="Also print job arguments "
+                                                               "(they may hold secrets).")]
+
+
+def _broker_or_fail(app: Any) -> Any:
+    try:
+        app.broker.ping()
+    except redis.RedisError as exc:
+        fail(f"cannot reach Redis at {app.redis_url}: {exc}", 1)
+    return app.broker
+
+
+@cli.command()
+def status(
+    file: FileArg = None,
+    redis_url: RedisOpt = None,
+    namespace: NamespaceOpt = None,
+    as_json: JsonOpt = False,
+    watch: Annotated[bool, typer.Option("--watch", help="Refresh in place.")] = False,
+    check: Annotated[bool, typer.Option("--check", help="Exit 3 when an alert is firing "
+                                                        "(for monitoring probes).")] = False,
+    processes: Annotated[bool | None, typer.Option(
+        "--processes/--no-processes", help="Show every child (default: when few).",
+        show_default=False)] = None,
+    interval: Annotated[float, typer.Option(help="--watch refresh, seconds.")] = 1.0,
+) -> None:
+    """The whole cluster from Redis: nodes, pools, children, queues, scheduler, alerts."""
+    from rich.console import Console
+
+    from .config import AlertsConfig
+    from .status import gather
+    from .status_view import render
+    from .status_view import watch as watch_live
+
+    alerts = load_deployment(file).alerts if file else AlertsConfig()
+    broker = _broker_or_fail(_client_app(redis_url, namespace, file))
+    try:
+        if watch and not as_json:
+            watch_live(Console(), lambda: gather(broker, alerts), interval, processes)
+            return
+        data = gather(broker, alerts)
+    except redis.RedisError as exc:
+        fail(f"lost the connection to Redis: {exc}", 1)
+    if as_json:
+        typer.echo(json.dumps(data, indent=2, sort_keys=True))
+    else:
+        Console().print(render(data, processes))
+    if check and data["alerts"]:
+        raise typer.Exit(3)
+
+
+@cli.command()
+def job(
+    job_id: Annotated[str, typer.Argument(help="Job id.")],
+    redis_url: RedisOpt = None,
+    namespace: NamespaceOpt = None,
+    config: ConfigOpt = None,
+    as_json: JsonOpt = False,
+    show_args: ShowArgsOpt = False,
+) -> None:
+    """One job: state, attempts, error, traceback, result."""
+    broker = _broker_or_fail(_client_app(redis_url, namespace, config))
+    info = broker.job_info(job_id)
+    if info is None:
+        fail(f"no job {job_id!r} (unknown, or its record expired)", 1)
+    data = info.as_dict(with_args=show_args)
+    if as_json:
+        typer.echo(json.dumps(data, indent=2, sort_keys=True))
+        return
+    for key, value in data.items():
+        if value is None or key == "traceback":
+            continue
+        if key.endswith("_at"):
+            value = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(value)) + " UTC"
+        shown = json.dumps(value) if key in ("result", "args", "kwargs") else value
+        typer.echo(f"{key:>13}: {shown}")
+    if data["traceback"]:
+        typer.echo(data["traceback"].rstrip())
+
+
+dead_cli = typer.Typer(no_args_is_help=True, help="Dead letters: jobs with no retry left.")
+cli.add_typer(dead_cli, name="dead")
+
+
+@dead_cli.command("list")
+def dead_list(
+    limit: Annotated[int, typer.Option(help="Most recent first, at most this many.")] = 50,
+    redis_url: RedisOpt = None,
+    namespace: NamespaceOpt = None,
+    config: ConfigOpt = None,
+    as_json: JsonOpt = False,
+    show_args: ShowArgsOpt = False,
+) -> None:
+    """List dead jobs with their errors."""
+    broker = _broker_or_fail(_client_app(redis_url, namespace, config))
+    jobs = broker.dead_jobs(limit)
+    if as_json:
+        typer.echo(json.dumps([j.as_dict(with_args=show_args) for j in jobs], indent=2))
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table("id", "type", "priority", "died (UTC)", "attempts", "error")
+    for info in jobs:
+        died = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(info.finished_at or 0))
+        table.add_row(info.id, info.name, info.priority, died, str(info.attempts),
+                      (info.error or "").splitlines()[0] if info.error else "")
+    Console().print(table)
+    typer.echo(f"{len(jobs)} dead job(s) shown; {broker.counts()['dead']} in all")
+
+
+@dead_cli.command("retry")
+def dead_retry(
+    job_ids: Annotated[list[str] | None, typer.Argument(help="Dead job ids.")] = None,
+    all_jobs: Annotated[bool, typer.Option("--all", help="Every dead job.")] = False,
+    redis_url: RedisOpt = None,
+    namespace: NamespaceOpt = None,
+    config: ConfigOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Send dead jobs back to their queues with a fresh retry budget."""
+    if not job_ids and not all_jobs:
+        fail("give job ids, or --all", 2)
+    broker = _broker_or_fail(_client_app(redis_url, namespace, config))
+    ids = broker.dead_ids() if all_jobs else list(job_ids or [])
+    count = broker.requeue_dead(ids)
+    if as_json:
+        typer.echo(json.dumps({"requeued": count}))
+    else:
+        typer.echo(f"requeued {count} job(s)")
+    if job_ids and count < len(job_ids):
+        raise typer.Exit(1)
+
+
+@dead_cli.command("purge")
+def dead_purge(
+    redis_url: RedisOpt = None,
+    namespace: NamespaceOpt = None,
+    config: ConfigOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Delete every dead job and its record."""
+    broker = _broker_or_fail(_client_app(redis_url, namespace, config))
+    count = broker.remove_dead(broker.dead_ids())
+    typer.echo(json.dumps({"purged": count}) if as_json else f"purged {count} dead job(s)")
 
 
 def main() -> None:

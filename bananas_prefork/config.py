@@ -191,6 +191,9 @@ class Deployment:
         "Serve Prometheus metrics on this port (unset: no metrics server)."))
     metrics_bind: str = setting("127.0.0.1", parse=s.text, env="BANANAS_METRICS_BIND",
                                 help="Address the metrics server listens on.")
+    node_ttl: float = setting(60.0, parse=s.duration(6.0), env="BANANAS_NODE_TTL", help=(
+        "How long status keeps showing a master that stopped reporting (as lost) before "
+        "dropping it."))
     data_dir: str = setting(".bananas", parse=s.text, env="BANANAS_DATA_DIR", help=(
         "Directory of the embedded redis-server's data (AOF) and socket."))
     scheduler: SchedulerConfig = SchedulerConfig()
@@ -500,7 +503,7 @@ def import_app(deployment: Deployment) -> Any:
         sys.path.insert(0, os.getcwd())
     try:
         module = importlib.import_module(module_name)
-    except BaseException as exc:
+    except BaseException as exc:  # any failure to import is the user's to fix
         raise _app_error(reader, deployment,
                          f"cannot import {module_name!r}: {type(exc).__name__}: {exc}") from None
     target: Any = module

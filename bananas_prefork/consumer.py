@@ -284,7 +284,7 @@ class Consumer:
                                                 enqueued_at=job.enqueued_at))
         try:
             result = task.fn(*args, **kwargs)
-        except BaseException as exc:
+        except BaseException as exc:  # a job must never take its worker down
             return self._failure(job, task, exc)
         finally:
             jobs.reset_current_job(token)

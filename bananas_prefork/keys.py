@@ -116,6 +116,11 @@ class Keys:
         return self._key("periodic", "sources")
 
     # operator's view
+    @property
+    def alerts_since(self) -> str:
+        """Hash: queue alert condition -> since when it holds (epoch seconds)."""
+        return self._key("alerts", "since")
+
     def node(self, node_id: str) -> str:
         """String with a TTL: one master's published status (JSON)."""
         return self._key("node", node_id)

@@ -23,6 +23,7 @@ import socket
 import time
 import uuid
 from dataclasses import dataclass
+from typing import Any
 
 import redis
 from setproctitle import setproctitle
@@ -38,6 +39,8 @@ from .pidfile import Pidfile
 from .pool import QUICK_DEATH, Pool, Worker, close_worker_resources
 from .scheduler import leader_identity
 from .scoreboard import Scoreboard
+from .stats import merge as merge_stats
+from .status import Publisher, node_id
 from .systemd import Notifier
 
 log = logging.getLogger(__name__)
@@ -45,6 +48,7 @@ log = logging.getLogger(__name__)
 TICK = 1.0
 KILL_GRACE = 1.0  # a child TERMed for a hard timeout gets this long before KILL
 READY_WAIT = 60.0  # tell systemd we are ready after this even if a pool keeps failing
+PUBLISH_INTERVAL = 1.0
 SIGNAL_NAMES = {signal.SIGHUP: "hup", signal.SIGTERM: "term", signal.SIGINT: "int",
                 signal.SIGQUIT: "quit", signal.SIGUSR2: "usr2", signal.SIGTTIN: "ttin",
                 signal.SIGTTOU: "ttou", signal.SIGCHLD: "chld"}
@@ -97,6 +101,12 @@ class Master:
         self._next_orphan_scan = 0.0
         self._periodic_pending = False
         self._pidfile = Pidfile(deployment.pidfile) if deployment.pidfile else None
+        self.publisher = Publisher(self.broker, node_id(self.host, self.pid), deployment.alerts,
+                                   deployment.node_ttl)
+        self.scheduler_state: dict[str, object] = {}
+        self.last_snapshot: dict[str, Any] | None = None
+        self._metrics_server: Any = None
+        self._next_publish = 0.0
         self._add_pools(deployment)
 
     # -- the loop ------------------------------------------------------------------
@@ -107,6 +117,7 @@ class Master:
         if self._pidfile is not None:
             self._pidfile.create(self.pid)
         setproctitle(f"bananas-prefork: master [{self.deployment.source}]")
+        self._serve_metrics()
         log.info("master %d starting: %s", self.pid, "; ".join(
             f"{p.name} x{p.desired}" for p in self.pools))
         try:
@@ -135,6 +146,7 @@ class Master:
             self._drive_stop()
         self._renew_liveness()
         self._recover_pending()
+        self._publish()
         self.notifier.watchdog()
 
     def _timeout(self) -> float:
@@ -349,7 +361,7 @@ class Master:
             run_scheduler=pool.config is not None and _thin_runs_scheduler(self.deployment),
             reimport_app=not self.deployment.preload_app,
             close_fds=(self._wakeup_r, self._wakeup_w, read_fd, self._selector_fd(),
-                       *self._report_fds()))
+                       *self._report_fds(), *self._metrics_fds()))
         old_mask = signal.pthread_sigmask(signal.SIG_BLOCK, MASTER_SIGNALS)
         try:
             pid = os.fork()
@@ -376,6 +388,10 @@ class Master:
     def _selector_fd(self) -> int:
         return self._selector.fileno() if hasattr(self._selector, "fileno") else -1
 
+    def _metrics_fds(self) -> list[int]:
+        server = self._metrics_server
+        return [server.socket.fileno()] if server is not None else []
+
     def _report_fds(self) -> list[int]:
         return [w.report_fd for p in self.pools for w in p.workers.values()]
 
@@ -400,6 +416,10 @@ class Master:
                 log.info("%s (pid %d) is ready", worker.label, worker.pid)
             if message.get("boot_error"):
                 worker.pool.last_error = str(message["boot_error"])
+            if isinstance(message.get("stats"), dict):
+                merge_stats(worker.pool.stats, message["stats"])
+            if isinstance(message.get("scheduler"), dict):
+                self.scheduler_state = message["scheduler"]
 
     def _stop_worker(self, worker: Worker, reason: str, lost_run: bool = False) -> None:
         """Ask a child to stop gracefully (finish its jobs, then exit)."""
@@ -539,6 +559,55 @@ class Master:
             log.warning("cannot renew job liveness (%s); retrying", exc)
             self._next_renewal = now + 1.0
 
+    # -- status ---------------------------------------------------------------------------------
+
+    def _publish(self) -> None:
+        """Every second: this node's figures, for ``status`` on any machine."""
+        now = time.monotonic()
+        if self.state in (State.STARTING, State.STOPPED) or now < self._next_publish:
+            return
+        self._next_publish = now + PUBLISH_INTERVAL
+        self.last_snapshot = self.snapshot()
+        try:
+            self.publisher.publish(self.last_snapshot)
+        except redis.RedisError as exc:
+            log.warning("cannot publish status (%s)", exc)
+
+    def _serve_metrics(self) -> None:
+        port = self.deployment.metrics_port
+        if port is None:
+            return
+        from . import metrics
+
+        try:
+            self._metrics_server = metrics.serve(port, self.deployment.metrics_bind,
+                                                 lambda: self.last_snapshot,
+                                                 self._make_broker(self.app))
+        except OSError as exc:
+            log.error("cannot serve metrics on %s:%d: %s", self.deployment.metrics_bind, port,
+                      exc.strerror)
+            return
+        log.info("metrics on http://%s:%d/metrics", self.deployment.metrics_bind, port)
+
+    def snapshot(self) -> dict[str, Any]:
+        wall = time.time()
+        for pool in self.pools:
+            pool.observe(wall, self.deployment.alerts.utilization)
+        scheduler = next((p for p in self.pools if p.config is None and not p.draining), None)
+        scheduler_pid = next(iter(scheduler.workers), None) if scheduler else None
+        return {
+            "host": self.host,
+            "pid": self.pid,
+            "started_at": self.started_at,
+            "updated_at": wall,
+            "config": self.deployment.source,
+            "state": self.state.value,
+            "reload_error": self.reload_error,
+            "scheduler": {"enabled": self.deployment.scheduler.enabled, "pid": scheduler_pid,
+                          "leading": bool(self.scheduler_state.get("leading"))},
+            "pools": [p.describe(wall) for p in self.pools if p.config is not None],
+        }
+
     # -- reloads -------------------------------------------------------------------------------
 
     def _reload_config(self) -> None:
@@ -557,7 +626,13 @@ class Master:
         connection_changed = (old.app, old.redis_url, old.namespace) != \
             (new.app, new.redis_url, new.namespace)
         if connection_changed:
+            try:
+                self.publisher.withdraw()
+            except redis.RedisError:
+                pass  # the old node key expires on its own
             self.broker = self._make_broker(app)
+        self.publisher = Publisher(self.broker, node_id(self.host, self.pid), new.alerts,
+                                   new.node_ttl)
         wanted: dict[str, PoolConfig | None] = {p.name: p for p in new.pools if p.runs_jobs}
         if _scheduler_child_wanted(new):
             wanted["scheduler"] = None
@@ -659,8 +734,15 @@ class Master:
             if not self.pending:
                 break
             time.sleep(0.5)
+        try:
+            self.publisher.withdraw()
+        except redis.RedisError:
+            pass  # the node key expires on its own
         if self._pidfile is not None:
             self._pidfile.remove()
+        if self._metrics_server is not None:
+            self._metrics_server.shutdown()
+            self._metrics_server.server_close()
         signal.set_wakeup_fd(-1)
         self.notifier.close()
 

@@ -5,16 +5,20 @@ from __future__ import annotations
 import os
 import random
 import time
+from collections import deque
 from dataclasses import dataclass, field
+from typing import Any
 
 import psutil
 
 from .config import PoolConfig
 from .monitor import Sample
 from .scoreboard import Scoreboard, SlotView
+from .stats import TypeStats
 
 QUICK_DEATH = 5.0  # a child dying sooner than this after spawn counts as failing to start
 FAILING_AFTER = 3  # consecutive quick deaths before the pool shows as failing
+RATE_WINDOW = 60.0  # processed/failed per minute are measured over this
 
 
 @dataclass(eq=False)
@@ -62,6 +66,24 @@ class Worker:
             return "starting"
         return "busy" if self.last_busy else "idle"
 
+    def describe(self, now: float) -> dict[str, Any]:
+        """This child as ``status --json`` shows it (job type and age, never arguments)."""
+        current = min(self.last_busy, key=lambda s: s.started_at) if self.last_busy else None
+        return {
+            "pid": self.pid,
+            "index": self.index,
+            "state": self.state(),
+            "jobs_done": self.scoreboard.jobs_done,
+            "jobs_failed": self.scoreboard.jobs_failed,
+            "rss_mb": round(self.sample.rss_mb, 1) if self.sample else None,
+            "cpu_percent": round(self.sample.cpu_percent, 1) if self.sample else None,
+            "current_job": current.job_type if current else None,
+            "current_job_id": current.job_id if current else None,
+            "current_job_age": round(now - current.started_at, 3) if current else None,
+            "busy_slots": len(self.last_busy),
+            "stop_reason": self.stop_reason,
+        }
+
 
 class Pool:
     """Desired vs actual children of one pool (or of the scheduler)."""
@@ -81,6 +103,12 @@ class Pool:
         self.last_error: str | None = None
         self.next_spawn_at = 0.0
         self.created_at = time.monotonic()
+        self.stats: dict[str, TypeStats] = {}
+        self.retired_done = 0
+        self.retired_failed = 0
+        self.history: deque[tuple[float, int, int]] = deque()
+        self.busy_since: float | None = None
+        self.empty_since: float | None = time.time()
 
     @property
     def kind(self) -> str:
@@ -118,6 +146,8 @@ class Pool:
     def child_died(self, worker: Worker, expected: bool, error: str | None) -> None:
         """Book a death; quick unexpected deaths back off, exponentially, with jitter."""
         del self.workers[worker.pid]
+        self.retired_done += worker.scoreboard.jobs_done
+        self.retired_failed += worker.scoreboard.jobs_failed
         if expected:
             return
         self.restarts += 1
@@ -139,6 +169,76 @@ class Pool:
         """A child stayed up long enough: whatever failed before is over."""
         self.failures = 0
         self.last_error = None
+
+    # -- figures for status -------------------------------------------------------------
+
+    def totals(self) -> tuple[int, int]:
+        """Jobs done and failed by every child this pool ever had."""
+        done = self.retired_done + sum(w.scoreboard.jobs_done for w in self.workers.values())
+        failed = self.retired_failed + sum(w.scoreboard.jobs_failed
+                                           for w in self.workers.values())
+        return done, failed
+
+    def slots(self) -> tuple[int, int]:
+        """(busy, wanted) thread slots."""
+        busy = sum(len(w.last_busy) for w in self.active())
+        return busy, self.desired * self.threads
+
+    def observe(self, now: float, busy_threshold: float) -> None:
+        """Sample once per publish: rates and the 'since when' of alert conditions."""
+        done, failed = self.totals()
+        self.history.append((now, done, failed))
+        while self.history and now - self.history[0][0] > RATE_WINDOW:
+            self.history.popleft()
+        busy, wanted = self.slots()
+        saturated = wanted > 0 and busy / wanted > busy_threshold
+        self.busy_since = (self.busy_since or now) if saturated else None
+        live = any(w.ready_at is not None for w in self.active())
+        self.empty_since = None if live or self.desired == 0 else (self.empty_since or now)
+
+    def per_minute(self) -> tuple[float, float]:
+        if len(self.history) < 2:
+            return 0.0, 0.0
+        (t0, d0, f0), (t1, d1, f1) = self.history[0], self.history[-1]
+        span = max(t1 - t0, 1.0)
+        return (d1 - d0) * 60 / span, (f1 - f0) * 60 / span
+
+    def describe(self, now: float) -> dict[str, Any]:
+        """This pool as ``status --json`` shows it."""
+        assert self.config is not None
+        done, failed = self.totals()
+        busy, wanted = self.slots()
+        processed, failing_rate = self.per_minute()
+        if self.draining:
+            state = "stopping"
+        elif self.failing:
+            state = "failing"
+        else:
+            state = "running" if self.is_up() else "starting"
+        return {
+            "name": self.name,
+            "mode": self.config.mode,
+            "priorities": list(self.config.priorities),
+            "job_types": list(self.config.job_types),
+            "concurrency": wanted,
+            "threads": self.threads,
+            "processes_wanted": self.desired,
+            "generation": self.generation,
+            "state": state,
+            "busy": busy,
+            "utilization": round(busy / wanted, 3) if wanted else 0.0,
+            "jobs_done": done,
+            "jobs_failed": failed,
+            "processed_per_min": round(processed, 1),
+            "failed_per_min": round(failing_rate, 1),
+            "restarts": self.restarts,
+            "last_error": self.last_error,
+            "utilization_high_since": self.busy_since,
+            "no_live_child_since": self.empty_since,
+            "job_type_stats": {t: s.as_dict() for t, s in sorted(self.stats.items())},
+            "processes": [w.describe(now) for w in sorted(self.workers.values(),
+                                                         key=lambda w: w.index)],
+        }
 
     def jobs_limit(self) -> int | None:
         """max_jobs_per_child with up to 10% jitter, so children recycle at different times."""

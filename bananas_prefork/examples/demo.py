@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import os
 import random
+import re
 import signal
 import sys
 import threading
@@ -125,6 +126,11 @@ def stop_on_signals(stop: threading.Event) -> Iterator[None]:
             signal.signal(signum, handler)
 
 
+def redacted(url: str) -> str:
+    """The URL fit to print: without its password."""
+    return re.sub(r"(://[^:/@]*:)[^@]*@", r"\1***@", url)
+
+
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="python -m bananas_prefork.examples.demo",
@@ -151,14 +157,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     demo_app.configure(redis_url=args.redis, namespace=args.namespace)
     stop = threading.Event()
-    print(f"enqueueing {args.rate:g} jobs/s into {demo_app.redis_url} "
+    print(f"enqueueing {args.rate:g} jobs/s into {redacted(demo_app.redis_url)} "
           f"(namespace {demo_app.namespace}); Ctrl-C to stop", flush=True)
     started = time.monotonic()
     try:
         with stop_on_signals(stop):
             sent = run(demo_app, args.rate, args.duration, random.Random(args.seed), stop)
     except redis.RedisError as exc:
-        print(f"demo: cannot reach Redis at {demo_app.redis_url}: {exc}", file=sys.stderr)
+        print(f"demo: cannot reach Redis at {redacted(demo_app.redis_url)}: {exc}",
+              file=sys.stderr)
         return 1
     by_type = ", ".join(f"{name} {count}" for name, count in sent.most_common())
     print(f"enqueued {sent.total()} jobs in {time.monotonic() - started:.1f}s"

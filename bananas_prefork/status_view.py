@@ -1,0 +1,142 @@
+"""``status`` for people: rich tables of nodes, pools, children, queues and alerts."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import Any
+
+from rich.console import Console, Group, RenderableType
+from rich.live import Live
+from rich.table import Table
+from rich.text import Text
+
+AUTO_PROCESS_LIMIT = 30  # show every child when there are no more than this
+
+
+def _age(seconds: float | None) -> str:
+    if seconds is None:
+        return "-"
+    if seconds < 60:
+        return f"{seconds:.1f}s"
+    if seconds < 3600:
+        return f"{seconds / 60:.1f}m"
+    return f"{seconds / 3600:.1f}h"
+
+
+def _serves(pool: dict[str, Any]) -> str:
+    types = pool.get("job_types", ["*"])
+    priorities = ",".join(pool.get("priorities", []))
+    return priorities if types == ["*"] else f"{priorities} / {','.join(types)}"
+
+
+def _node_label(node: dict[str, Any]) -> Text:
+    label = Text(f"{node['host']}:{node['pid']}")
+    state = node.get("state", "running")
+    if state != "running":
+        label.append(f" ({state})", style="bold red" if state == "lost" else "yellow")
+    return label
+
+
+def header(status: dict[str, Any]) -> Text:
+    scheduler = status["scheduler"]
+    text = Text()
+    text.append(f"namespace {status['namespace']}  ", style="bold")
+    if scheduler["leader"]:
+        text.append(f"scheduler leader {scheduler['leader']} "
+                    f"(lease {scheduler['lease_expires_in']:.1f}s)  ")
+    else:
+        text.append("no scheduler leader  ", style="bold red")
+    text.append(f"scheduled {status['scheduled']}  in flight {status['in_flight']}  ")
+    text.append(f"dead {status['dead']}", style="red" if status["dead"] else "")
+    return text
+
+
+def pools_table(status: dict[str, Any]) -> Table:
+    table = Table(title="Pools", title_justify="left")
+    for column in ("node", "pool", "mode", "serves", "procs", "busy", "done/min",
+                   "failed/min", "restarts", "state"):
+        table.add_column(column, justify="right" if column in (
+            "procs", "busy", "done/min", "failed/min", "restarts") else "left")
+    for node in status["nodes"]:
+        for pool in node.get("pools", []):
+            live = sum(1 for p in pool["processes"] if p["state"] in ("idle", "busy"))
+            busy = f"{pool['busy']}/{pool['concurrency']} {pool['utilization']:.0%}"
+            state = Text(pool["state"], style={"failing": "bold red", "stopping": "yellow",
+                                               "starting": "yellow"}.get(pool["state"], "green"))
+            if pool.get("last_error") and pool["state"] == "failing":
+                state.append(f" {pool['last_error']}", style="red")
+            table.add_row(_node_label(node), pool["name"], pool["mode"], _serves(pool),
+                          f"{live}/{pool['processes_wanted']}", busy,
+                          f"{pool['processed_per_min']:.0f}", f"{pool['failed_per_min']:.0f}",
+                          str(pool["restarts"]), state)
+        if not node.get("pools"):
+            table.add_row(_node_label(node), "-", "scheduler-only", "", "", "", "", "", "",
+                          "lost" if node.get("state") == "lost" else "running")
+    return table
+
+
+def processes_table(status: dict[str, Any]) -> Table:
+    table = Table(title="Children", title_justify="left")
+    for column in ("node", "child", "pid", "state", "current job", "age", "done", "failed",
+                   "rss MB", "cpu %"):
+        table.add_column(column, justify="right" if column in (
+            "pid", "age", "done", "failed", "rss MB", "cpu %") else "left")
+    for node in status["nodes"]:
+        for pool in node.get("pools", []):
+            for child in pool["processes"]:
+                table.add_row(
+                    f"{node['host']}:{node['pid']}", f"{pool['name']}[{child['index']}]",
+                    str(child["pid"]), child["state"], child["current_job"] or "-",
+                    _age(child["current_job_age"]), str(child["jobs_done"]),
+                    str(child["jobs_failed"]),
+                    f"{child['rss_mb']:.0f}" if child["rss_mb"] is not None else "-",
+                    f"{child['cpu_percent']:.0f}" if child["cpu_percent"] is not None else "-")
+    return table
+
+
+def queues_table(status: dict[str, Any]) -> Table:
+    table = Table(title="Queues", title_justify="left")
+    for column in ("priority", "job type", "depth", "oldest", "served by"):
+        table.add_column(column, justify="right" if column in ("depth", "oldest") else "left")
+    for priority, types in status["queues"].items():
+        for job_type, depth in sorted(types.items()):
+            pools = status["served_by"].get(priority, {}).get(job_type, [])
+            served = Text(", ".join(sorted({p.split("/", 1)[1] for p in pools})) or "")
+            if not pools:
+                served = Text("UNSERVED: no live pool takes these", style="bold red")
+            age = status["oldest"].get(priority, {}).get(job_type)
+            table.add_row(priority, job_type, str(depth), _age(age), served)
+    return table
+
+
+def alerts_block(status: dict[str, Any]) -> RenderableType:
+    if not status["alerts"]:
+        return Text("no alerts", style="green")
+    text = Text()
+    for alert in status["alerts"]:
+        style = "bold red" if alert["severity"] == "critical" else "yellow"
+        text.append(f"{alert['severity'].upper()} {alert['name']}: {alert['message']}\n",
+                    style=style)
+    return text
+
+
+def render(status: dict[str, Any], show_processes: bool | None = None) -> RenderableType:
+    children = sum(len(p["processes"]) for n in status["nodes"] for p in n.get("pools", []))
+    if show_processes is None:
+        show_processes = children <= AUTO_PROCESS_LIMIT
+    parts: list[RenderableType] = [header(status), pools_table(status)]
+    if show_processes:
+        parts.append(processes_table(status))
+    parts += [queues_table(status), alerts_block(status)]
+    return Group(*parts)
+
+
+def watch(console: Console, gather: Callable[[], dict[str, Any]], interval: float,
+          show_processes: bool | None) -> None:
+    """Refresh in place until Ctrl-C."""
+    with Live(render(gather(), show_processes), console=console, auto_refresh=False,
+              screen=False) as live:
+        while True:
+            time.sleep(interval)
+            live.update(render(gather(), show_processes), refresh=True)
