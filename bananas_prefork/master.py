@@ -12,11 +12,13 @@ writes the signal number to a pipe), so nothing runs inside a handler.
 
 from __future__ import annotations
 
+import dataclasses
 import enum
 import json
 import logging
 import os
 import random
+import re
 import selectors
 import signal
 import socket
@@ -34,6 +36,7 @@ from .broker import Broker, connect
 from .child import EXIT_BOOT_ERROR, EXIT_OK, MASTER_SIGNALS, ChildSpec, configure_app
 from .config import ConfigError, Deployment, PoolConfig, load
 from .consumer import failure_settlement, owner_id
+from .embedded import EMBEDDED, EmbeddedRedis, RedisUnavailable, needs_embedded
 from .job import Job
 from .pidfile import Pidfile
 from .pool import QUICK_DEATH, Pool, Worker, close_worker_resources
@@ -75,6 +78,10 @@ class Master:
 
     def __init__(self, deployment: Deployment, app: App, config_path: str | None = None,
                  notifier: Notifier | None = None) -> None:
+        self.embedded = EmbeddedRedis(deployment.data_dir) \
+            if needs_embedded(deployment.redis_url, deployment.data_dir) else None
+        self._next_embedded_start = 0.0
+        deployment = self._resolve(deployment)
         self.deployment = deployment
         self.app = app
         self.config_path = config_path
@@ -144,6 +151,8 @@ class Master:
         elif self.state is State.STOPPING:
             self._check_health()
             self._drive_stop()
+        if self.state is not State.STARTING:
+            self._supervise_embedded()
         self._renew_liveness()
         self._recover_pending()
         self._publish()
@@ -226,6 +235,28 @@ class Master:
 
     # -- starting -----------------------------------------------------------------------
 
+    def _resolve(self, deployment: Deployment) -> Deployment:
+        """Point a deployment that wants the embedded server at ours."""
+        if self.embedded is not None and deployment.redis_url in (None, EMBEDDED):
+            return dataclasses.replace(deployment, redis_url=self.embedded.url)
+        return deployment
+
+    def _supervise_embedded(self) -> None:
+        """Start the private redis-server, and start it again if it died."""
+        server = self.embedded
+        if server is None or server.pid is not None or time.monotonic() < \
+                self._next_embedded_start:
+            return
+        try:
+            server.start()
+        except RedisUnavailable as exc:
+            self._next_embedded_start = time.monotonic() + 5.0
+            log.error("embedded Redis: %s", exc)
+            return
+        log.info("embedded Redis %s running at %s (pid %d, data in %s); commands run from "
+                 "this directory find it, elsewhere pass --redis", server.server.binary,
+                 _hide_password(server.url), server.pid, server.data_dir)
+
     @staticmethod
     def _make_broker(app: App) -> Broker:
         """The master's own connection, to the Redis and namespace its children use."""
@@ -235,6 +266,7 @@ class Master:
 
     def _connect(self) -> None:
         """Wait for Redis with backoff; children start once it answers."""
+        self._supervise_embedded()
         if time.monotonic() < self._next_connect:
             return
         try:
@@ -455,6 +487,11 @@ class Master:
             worker = next((w for w in self._workers() if w.pid == pid), None)
             if worker is not None:  # else not ours (we may be PID 1 in a container)
                 self._child_exited(worker, status)
+            elif self.embedded is not None and pid == self.embedded.pid:
+                code = os.waitstatus_to_exitcode(status)
+                self.embedded.exited(code)
+                self._next_embedded_start = time.monotonic() + 1.0
+                log.error("embedded Redis %s; restarting it", _describe_exit(code))
 
     def _child_exited(self, worker: Worker, status: int) -> None:
         self._read_reports(worker)
@@ -614,7 +651,7 @@ class Master:
         """HUP: validate the new file first; apply the difference only if it is valid."""
         self.notifier.reloading()
         try:
-            new = load(self.config_path)
+            new = self._resolve(load(self.config_path))
             app = reloader.reimport_app(new)
         except ConfigError as exc:
             self.reload_error = str(exc)
@@ -738,6 +775,8 @@ class Master:
             self.publisher.withdraw()
         except redis.RedisError:
             pass  # the node key expires on its own
+        if self.embedded is not None:  # last: the children needed it until now
+            self.embedded.stop()
         if self._pidfile is not None:
             self._pidfile.remove()
         if self._metrics_server is not None:
@@ -790,6 +829,10 @@ def _describe_exit(code: int) -> str:
     name = signal.Signals(-code).name
     hint = " (perhaps out of memory)" if -code == signal.SIGKILL else ""
     return f"killed by {name}{hint}"
+
+
+def _hide_password(url: str) -> str:
+    return re.sub(r"//:[^@]*@", "//:***@", url)
 
 
 def _thin_runs_scheduler(deployment: Deployment) -> bool:

@@ -133,10 +133,10 @@ def render(status: dict[str, Any], show_processes: bool | None = None) -> Render
 
 
 def watch(console: Console, gather: Callable[[], dict[str, Any]], interval: float,
-          show_processes: bool | None) -> None:
-    """Refresh in place until Ctrl-C."""
+          show_processes: bool | None, until: float | None = None) -> None:
+    """Refresh in place until Ctrl-C (or the monotonic time ``until``)."""
     with Live(render(gather(), show_processes), console=console, auto_refresh=False,
               screen=False) as live:
-        while True:
+        while until is None or time.monotonic() < until:
             time.sleep(interval)
             live.update(render(gather(), show_processes), refresh=True)
