@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import os
 import re
-import uuid
 from collections.abc import Callable, Iterable, Sequence
 from datetime import UTC, datetime, timedelta
 from functools import cached_property
@@ -237,11 +236,11 @@ class App:
         if timeout is not None:
             options["timeout"] = _check_timeout(timeout)
         return NewJob(
-            id=_check_job_id(job_id) if job_id is not None else uuid.uuid4().hex,
+            id=_check_job_id(job_id) if job_id is not None else os.urandom(16).hex(),
             name=name,
             priority=_check_priority(priority),
-            args_json=jobs.dumps(list(args), "args"),
-            kwargs_json=jobs.dumps(kwargs, "kwargs"),
+            args_json=jobs.dumps(list(args), "args") if args else "[]",
+            kwargs_json=jobs.dumps(kwargs, "kwargs") if kwargs else "{}",
             options_json=jobs.dumps(options, "options") if options else "",
             when=_when(delay, at),
         )

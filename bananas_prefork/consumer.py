@@ -33,7 +33,7 @@ from .app import (
     App,
     Task,
 )
-from .broker import DEAD, LOST_OWNERSHIP, RETRY, SUCCEEDED, Broker, Settlement
+from .broker import DEAD, LOST_OWNERSHIP, RETRY, SUCCEEDED, Broker, Settlement, StepChannel
 from .job import Job, JobContext
 from .keys import ANY_TYPE, PRIORITIES
 
@@ -178,12 +178,19 @@ class Consumer:
     # -- one slot ------------------------------------------------------------
 
     def _work(self, slot: int) -> None:
+        channel = self.broker.channel(self.owner, slot, self.priorities, self.job_types)
+        try:
+            self._loop(slot, channel)
+        finally:
+            channel.close()
+
+    def _loop(self, slot: int, channel: StepChannel) -> None:
         settlement: Settlement | None = None
         while True:
             fetch = not self._stopping.is_set() and self._take_ticket()
             if settlement is None and not fetch:
                 return
-            status, job = self._step(slot, settlement, fetch)
+            status, job = self._step(channel, settlement, fetch)
             if settlement is not None:
                 self._after_settle(settlement, status)
             if job is None and not fetch:
@@ -208,14 +215,13 @@ class Consumer:
         with self._count_lock:
             self._started_jobs -= 1
 
-    def _step(self, slot: int, settlement: Settlement | None,
+    def _step(self, channel: StepChannel, settlement: Settlement | None,
               fetch: bool) -> tuple[int | None, Job | None]:
         """One step, retried across Redis outages (the step is idempotent)."""
         failures = 0
         while True:
             try:
-                status, job = self.broker.step(self.owner, slot, settlement, fetch,
-                                               self.priorities, self.job_types)
+                status, job = channel.step(settlement, fetch)
                 if fetch and job is None:
                     self._return_ticket()
                 return status, job

@@ -34,10 +34,14 @@ STATES = (SCHEDULED, QUEUED, RUNNING, SUCCEEDED, FAILED, DEAD)
 OPTION_NAMES = ("max_retries", "timeout", "retry_backoff", "retry_backoff_max")
 
 
+# One encoder for every call: json.dumps with options builds a new one each time.
+_ENCODER = json.JSONEncoder(separators=(",", ":"), allow_nan=False, ensure_ascii=False)
+
+
 def dumps(value: Any, what: str) -> str:
     """Strict JSON (no NaN, no pickling fallbacks); ValueError says which value."""
     try:
-        return json.dumps(value, separators=(",", ":"), allow_nan=False, ensure_ascii=False)
+        return _ENCODER.encode(value)
     except (TypeError, ValueError) as exc:
         raise ValueError(f"{what} must be JSON-serializable: {exc}") from None
 
@@ -81,6 +85,8 @@ class Job:
         return args, kwargs
 
     def options(self) -> dict[str, Any]:
+        if self.options_json == "{}":
+            return {}
         try:
             value = json.loads(self.options_json)
         except json.JSONDecodeError:

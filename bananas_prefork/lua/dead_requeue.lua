@@ -21,7 +21,7 @@ for i = 2, #ARGV do
     local job = key('job', id)
     if redis.call('ZREM', KEYS[1], id) == 1 and redis.call('EXISTS', job) == 1 then
         local f = redis.call('HMGET', job, 'name', 'priority')
-        local seq = redis.call('INCR', KEYS[2])
+        local seq = tostring(redis.call('INCR', KEYS[2]))
         redis.call('PERSIST', job)
         redis.call('HDEL', job, 'owner', 'result', 'finished_at', 'started_at', 'due_at')
         redis.call('HSET', job, 'state', 'queued', 'attempts', 0, 'redeliveries', 0, 'seq', seq)

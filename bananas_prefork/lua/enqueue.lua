@@ -19,7 +19,7 @@
 --! include lib/jobs.lua
 
 local PER_JOB = 7
-local now = redis_now()
+local now, now_s = redis_now()
 local count = (#ARGV - 1) / PER_JOB
 local flags = {}
 local seen = {}
@@ -44,7 +44,7 @@ for i = 0, count - 1 do
         local base = 2 + i * PER_JOB
         seq = seq + 1
         create_job(ARGV[base], ARGV[base + 1], ARGV[base + 2], ARGV[base + 3], ARGV[base + 4],
-            ARGV[base + 5], ARGV[base + 6], seq, now, woken)
+            ARGV[base + 5], ARGV[base + 6], seq, now, now_s, woken)
     end
 end
 wake_all(woken)

@@ -31,8 +31,9 @@ if not seen or tonumber(seen) ~= tonumber(ARGV[4]) then
 end
 if ARGV[6] == '1' and redis.call('EXISTS', key('job', ARGV[7])) == 0 then
     local woken = {}
+    local now, now_s = redis_now()
     create_job(ARGV[7], ARGV[8], ARGV[9], ARGV[10], ARGV[11], '', '',
-        redis.call('INCR', KEYS[3]), redis_now(), woken)
+        redis.call('INCR', KEYS[3]), now, now_s, woken)
     wake_all(woken)
 end
 redis.call('ZADD', KEYS[2], ARGV[5], ARGV[3])

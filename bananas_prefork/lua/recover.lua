@@ -22,7 +22,7 @@ local owned, owner_key, owner = KEYS[1], KEYS[2], ARGV[2]
 if ARGV[3] ~= '1' and redis.call('EXISTS', owner_key) == 1 then
     return {-1, 0}
 end
-local now = redis_now()
+local now, now_s = redis_now()
 local max_redeliveries = tonumber(ARGV[5])
 
 -- Oldest first at the front: push the newest first.
@@ -30,10 +30,10 @@ local jobs = {}
 for _, id in ipairs(redis.call('HVALS', owned)) do
     local f = redis.call('HMGET', key('job', id), 'owner', 'state', 'seq', 'priority', 'name')
     if f[1] == owner and f[2] == 'running' then
-        jobs[#jobs + 1] = {id = id, seq = tonumber(f[3]) or 0, prio = f[4], name = f[5]}
+        jobs[#jobs + 1] = {id = id, seq = f[3] or '0', prio = f[4], name = f[5]}
     end
 end
-table.sort(jobs, function(a, b) return a.seq > b.seq end)
+table.sort(jobs, function(a, b) return tonumber(a.seq) > tonumber(b.seq) end)
 
 local requeued, buried = 0, 0
 for _, j in ipairs(jobs) do
@@ -44,7 +44,7 @@ for _, j in ipairs(jobs) do
     end
     redis.call('HDEL', job, 'owner')
     if lost >= max_redeliveries then
-        bury(j.id, ARGV[7] .. ' (' .. lost .. ' times)', '', now, tonumber(ARGV[6]))
+        bury(j.id, ARGV[7] .. ' (' .. lost .. ' times)', '', now, now_s, ARGV[6])
         buried = buried + 1
     else
         redis.call('HSET', job, 'state', 'queued')

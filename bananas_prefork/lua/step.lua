@@ -27,18 +27,18 @@
 
 local owned, owner_key = KEYS[1], KEYS[2]
 local owner, slot = ARGV[2], ARGV[3]
-local now = redis_now()
+local now, now_s = redis_now()
 
 local settled = ''
 if ARGV[5] ~= '' then
-    settled = settle(owned, owner, slot, ARGV[6], tonumber(ARGV[7]), ARGV[5], ARGV[8], ARGV[9],
-        tonumber(ARGV[10]), tonumber(ARGV[11]), now)
+    settled = settle(owned, owner, slot, ARGV[6], ARGV[7], ARGV[5], ARGV[8], ARGV[9],
+        ARGV[10], ARGV[11], now, now_s)
 end
 if ARGV[12] ~= '1' then
     return {settled}
 end
-local job = fetch(owned, owner_key, owner, slot, tonumber(ARGV[4]), split_csv(ARGV[13]),
-    split_csv(ARGV[14]), now)
+local job = fetch(owned, owner_key, owner, slot, ARGV[4], split_csv(ARGV[13]),
+    split_csv(ARGV[14]), now_s)
 if job == nil then
     return {settled}
 end

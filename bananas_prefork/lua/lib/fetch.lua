@@ -6,7 +6,10 @@
 -- owners          set of owners that have held jobs (scanned for dead owners)
 
 local JOB_FIELDS = {'name', 'priority', 'args', 'kwargs', 'options', 'attempts', 'enqueued_at'}
+local ATTEMPTS = 7  -- position of 'attempts' in a reply ({id, fields...})
 
+-- {id, name, priority, args, kwargs, options, attempts, enqueued_at}; name is
+-- false when the job's record is gone.
 local function job_reply(id)
     local fields = redis.call('HMGET', key('job', id), unpack(JOB_FIELDS))
     table.insert(fields, 1, id)
@@ -29,14 +32,15 @@ local function oldest_type(prio, types)
     return best
 end
 
-local function claim(owned, owner_key, owner, slot, owner_ttl_ms, id, now)
+local function claim(owned, owner_key, owner, slot, owner_ttl_ms, reply, now_s)
+    local id = reply[1]
     local job = key('job', id)
-    redis.call('HSET', job, 'state', 'running', 'owner', owner, 'started_at', now)
-    redis.call('HINCRBY', job, 'attempts', 1)
+    redis.call('HSET', job, 'state', 'running', 'owner', owner, 'started_at', now_s)
+    reply[ATTEMPTS] = redis.call('HINCRBY', job, 'attempts', 1)
     redis.call('HSET', owned, slot, id)
     redis.call('SADD', key('owners'), owner)
     redis.call('SET', owner_key, '1', 'PX', owner_ttl_ms)
-    return job_reply(id)
+    return reply
 end
 
 -- Idle consumers block on wake lists; once their queues are empty every token
@@ -49,7 +53,7 @@ local function clear_stale_tokens(prios, types)
     end
 end
 
-local function fetch(owned, owner_key, owner, slot, owner_ttl_ms, prios, types, now)
+local function fetch(owned, owner_key, owner, slot, owner_ttl_ms, prios, types, now_s)
     local held = redis.call('HGET', owned, slot)
     if held then
         -- The reply to an earlier fetch for this slot was lost: hand the same run back.
@@ -59,8 +63,11 @@ local function fetch(owned, owner_key, owner, slot, owner_ttl_ms, prios, types, 
         local jtype = oldest_type(prio, types)
         while jtype do
             local id = pop_ready(prio, jtype)
-            if id and redis.call('EXISTS', key('job', id)) == 1 then
-                return claim(owned, owner_key, owner, slot, owner_ttl_ms, id, now)
+            if id then
+                local reply = job_reply(id)
+                if reply[2] then
+                    return claim(owned, owner_key, owner, slot, owner_ttl_ms, reply, now_s)
+                end
             end
             jtype = oldest_type(prio, types)
         end

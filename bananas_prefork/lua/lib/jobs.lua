@@ -7,7 +7,7 @@
 -- Record one new job and queue it, or schedule it when it is due later.
 -- `when` is '' (now), '+<seconds>' (a delay) or '@<epoch seconds>'.
 -- `woken` counts the jobs made ready per 'prio:type', for wake_all().
-local function create_job(id, name, prio, args, kwargs, options, when, seq, now, woken)
+local function create_job(id, name, prio, args, kwargs, options, when, seq, now, now_s, woken)
     local job = key('job', id)
     local due = now
     local mark = string.sub(when, 1, 1)
@@ -16,23 +16,22 @@ local function create_job(id, name, prio, args, kwargs, options, when, seq, now,
     elseif mark == '@' then
         due = tonumber(string.sub(when, 2))
     end
-    local state = 'queued'
-    if due > now then
-        state = 'scheduled'
-    end
-    redis.call('HSET', job, 'name', name, 'priority', prio, 'args', args, 'kwargs', kwargs,
-        'state', state, 'attempts', 0, 'seq', seq, 'enqueued_at', now)
-    if options ~= '' then
-        redis.call('HSET', job, 'options', options)
-    end
+    local seq_s = tostring(seq)
     local pair = prio .. ':' .. name
-    if state == 'scheduled' then
-        redis.call('HSET', job, 'due_at', due)
+    if due > now then
+        redis.call('HSET', job, 'name', name, 'priority', prio, 'args', args, 'kwargs', kwargs,
+            'state', 'scheduled', 'attempts', '0', 'seq', seq_s, 'enqueued_at', now_s,
+            'due_at', tostring(due))
         schedule(id, due)
         woken[pair] = woken[pair] or 0
     else
-        push_ready(id, prio, name, seq, false)
+        redis.call('HSET', job, 'name', name, 'priority', prio, 'args', args, 'kwargs', kwargs,
+            'state', 'queued', 'attempts', '0', 'seq', seq_s, 'enqueued_at', now_s)
+        push_ready(id, prio, name, seq_s, false)
         woken[pair] = (woken[pair] or 0) + 1
+    end
+    if options ~= '' then
+        redis.call('HSET', job, 'options', options)
     end
 end
 

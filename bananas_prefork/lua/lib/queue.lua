@@ -8,11 +8,13 @@
 -- queues               set of 'prio:type' pairs ever used (depth reports)
 -- scheduled            zset job id -> due time
 -- scheduler:wake       one token wakes the scheduler leader early
+-- dead                 zset job id -> time it died
 
 -- Enough tokens to wake every idle consumer of a burst; more idle consumers
 -- than this still wake through their bounded BLPOP timeout.
 local WAKE_CAP = 256
 
+-- `seq` is the job's place in the global order, as text.
 local function push_ready(id, prio, jtype, seq, front)
     local list = key('ready', prio, jtype)
     local len
@@ -32,18 +34,23 @@ local function pop_ready(prio, jtype)
     local id = redis.call('LPOP', list)
     local next_id = redis.call('LINDEX', list, 0)
     if next_id then
-        local seq = redis.call('HGET', key('job', next_id), 'seq')
-        redis.call('ZADD', key('heads', prio), tonumber(seq) or 0, jtype)
+        redis.call('ZADD', key('heads', prio), redis.call('HGET', key('job', next_id), 'seq') or 0,
+            jtype)
     else
         redis.call('ZREM', key('heads', prio), jtype)
     end
     return id
 end
 
+local ONE_TOKEN = {'1'}
+
 local function push_tokens(list, count)
-    local tokens = {}
-    for i = 1, math.min(count, WAKE_CAP) do
-        tokens[i] = '1'
+    local tokens = ONE_TOKEN
+    if count > 1 then
+        tokens = {}
+        for i = 1, math.min(count, WAKE_CAP) do
+            tokens[i] = '1'
+        end
     end
     if redis.call('RPUSH', list, unpack(tokens)) > WAKE_CAP then
         redis.call('LTRIM', list, -WAKE_CAP, -1)
@@ -57,25 +64,21 @@ local function wake(prio, jtype, count)
 end
 
 -- Called when a job is scheduled: wake the leader if it is due before all others.
-local function wake_scheduler_if_first(due)
+local function schedule(id, due)
     local first = redis.call('ZRANGE', key('scheduled'), 0, 0, 'WITHSCORES')
     if first[2] == nil or due < tonumber(first[2]) then
         redis.call('DEL', key('scheduler', 'wake'))
         redis.call('RPUSH', key('scheduler', 'wake'), '1')
     end
-end
-
-local function schedule(id, due)
-    wake_scheduler_if_first(due)
     redis.call('ZADD', key('scheduled'), due, id)
 end
 
--- Move a job to the dead-letter set; its record expires after dead_ttl.
-local function bury(id, error, traceback, now, dead_ttl)
+-- Move a job to the dead-letter set; its record expires after dead_ttl seconds.
+local function bury(id, error, traceback, now, now_s, dead_ttl)
     local job = key('job', id)
     redis.call('HSET', job, 'state', 'dead', 'error', error, 'traceback', traceback,
-        'finished_at', now)
-    redis.call('ZADD', key('dead'), now, id)
+        'finished_at', now_s)
+    redis.call('ZADD', key('dead'), now_s, id)
     redis.call('EXPIRE', job, dead_ttl)
-    redis.call('ZREMRANGEBYSCORE', key('dead'), '-inf', now - dead_ttl)
+    redis.call('ZREMRANGEBYSCORE', key('dead'), '-inf', now - tonumber(dead_ttl))
 end

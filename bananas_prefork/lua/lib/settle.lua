@@ -7,33 +7,32 @@
 --          0  already settled by this owner (a retried call after a lost reply)
 --         -1  not the owner of this run (nothing changed)
 
-local function settle(owned, owner, slot, id, attempt, mode, payload, traceback, delay,
-                      ttl, now)
+local function settle(owned, owner, slot, id, attempt, mode, payload, traceback, delay, ttl,
+                      now, now_s)
     local job = key('job', id)
     local cur = redis.call('HMGET', job, 'owner', 'attempts', 'state')
-    if cur[1] ~= owner or tonumber(cur[2]) ~= attempt then
+    if cur[1] ~= owner or cur[2] ~= attempt then
         return -1
     end
     if cur[3] ~= 'running' then
         return 0
     end
-    if redis.call('HGET', owned, slot) == id then
-        redis.call('HDEL', owned, slot)
-    end
+    -- Owner and attempt match a running job, so this slot holds exactly this run.
+    redis.call('HDEL', owned, slot)
     if mode == 'succeeded' then
-        redis.call('HSET', job, 'state', 'succeeded', 'result', payload, 'finished_at', now)
-        if ttl > 0 then
-            redis.call('EXPIRE', job, ttl)
-        else
+        if ttl == '0' then
             redis.call('DEL', job)
+        else
+            redis.call('HSET', job, 'state', 'succeeded', 'result', payload, 'finished_at', now_s)
+            redis.call('EXPIRE', job, ttl)
         end
     elseif mode == 'retry' then
-        local due = now + delay
+        local due = now + tonumber(delay)
         redis.call('HSET', job, 'state', 'failed', 'error', payload, 'traceback', traceback,
-            'finished_at', now, 'due_at', due)
+            'finished_at', now_s, 'due_at', tostring(due))
         schedule(id, due)
     else
-        bury(id, payload, traceback, now, ttl)
+        bury(id, payload, traceback, now, now_s, ttl)
     end
     return 1
 end
