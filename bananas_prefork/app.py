@@ -34,12 +34,18 @@ _JOB_ID = re.compile(r"^[^\s,{}]{1,200}$")
 
 
 def resolve_redis_url(explicit: str | None = None) -> str:
-    """``App()`` argument > BANANAS_REDIS_URL > REDIS_URL > the embedded default."""
+    """``App()`` argument > BANANAS_REDIS_URL > REDIS_URL > the embedded default.
+
+    ``"embedded"`` (anywhere in that chain) means the embedded server a master
+    runs from this directory's ``.bananas`` (or ``$BANANAS_DATA_DIR``).
+    """
+    from .embedded import EMBEDDED, default_url, embedded_url
+
     for url in (explicit, os.environ.get("BANANAS_REDIS_URL"), os.environ.get("REDIS_URL")):
+        if url == EMBEDDED:
+            return embedded_url()
         if url:
             return url
-    from .embedded import default_url
-
     return default_url()
 
 

@@ -173,6 +173,7 @@ def enqueue(
     app = _client_app(redis_url, namespace, config)
     call_args = _json_arg(args, list, "--args")
     call_kwargs = _json_arg(kwargs, dict, "--kwargs")
+    _broker_or_fail(app)
     try:
         job_id = app.enqueue(task, args=call_args, kwargs=call_kwargs, priority=priority,
                              delay=delay, job_id=job_id)
@@ -189,8 +190,12 @@ ShowArgsOpt = Annotated[bool, typer.Option("--show-args", help="Also print job a
 
 
 def _broker_or_fail(app: Any) -> Any:
+    from .embedded import RedisUnavailable
+
     try:
         app.broker.ping()
+    except RedisUnavailable as exc:
+        fail(exc, 1)
     except redis.RedisError as exc:
         fail(f"cannot reach Redis at {app.redis_url}: {exc}", 1)
     return app.broker

@@ -136,13 +136,19 @@ class PeriodicConfig:
 class AlertsConfig:
     """Thresholds for the health warnings of ``status`` (and ``status --check``)."""
 
-    high_depth: int = setting(100, parse=s.whole(1), help="High-priority jobs waiting...")
-    high_depth_for: float = setting(120.0, parse=s.duration(), help="...for this long.")
-    depth: int = setting(1000, parse=s.whole(1), help="Jobs waiting in any one queue...")
-    depth_for: float = setting(300.0, parse=s.duration(), help="...for this long.")
+    high_depth: int = setting(100, parse=s.whole(1), help=(
+        "Alert when more high-priority jobs than this wait (for high_depth_for)."))
+    high_depth_for: float = setting(120.0, parse=s.duration(), help=(
+        "How long high_depth must hold before the alert fires."))
+    depth: int = setting(1000, parse=s.whole(1), help=(
+        "Alert when more jobs than this wait in any one queue (for depth_for)."))
+    depth_for: float = setting(300.0, parse=s.duration(), help=(
+        "How long depth must hold before the alert fires."))
     utilization: float = setting(0.9, parse=s.positive_number, help=(
-        "Busy share of a pool's slots (0-1)..."))
-    utilization_for: float = setting(300.0, parse=s.duration(), help="...for this long.")
+        "Alert when a pool's busy share of its slots (0-1) stays above this "
+        "(for utilization_for)."))
+    utilization_for: float = setting(300.0, parse=s.duration(), help=(
+        "How long utilization must hold before the alert fires."))
 
 
 @dataclass(frozen=True)
@@ -177,8 +183,11 @@ class Deployment:
     dead_ttl: float = setting(7 * 86400.0, parse=s.duration(1.0), env="BANANAS_DEAD_TTL",
                               help="How long dead jobs are kept.")
     preload_app: bool = setting(True, parse=s.boolean, env="BANANAS_PRELOAD_APP", help=(
-        "Import the app in the master so children share its memory (copy-on-write). HUP "
-        "and USR2 still load fresh code: the master re-imports the app first."))
+        "true: the master imports the app once and forks children from it (they share its "
+        "memory copy-on-write and start fast); HUP and USR2 still load fresh code, because "
+        "the master re-imports the app before forking new children. false: every child "
+        "imports the app itself after fork (more memory, slower starts, each child "
+        "always on the code on disk)."))
     max_restart_backoff: float = setting(30.0, parse=s.duration(0.1),
                                          env="BANANAS_MAX_RESTART_BACKOFF", help=(
         "Cap of the per-pool restart backoff of children that keep failing."))

@@ -20,7 +20,7 @@ from rich.console import Console
 
 from .app import App, resolve_redis_url
 from .config import ConfigError, load_file
-from .embedded import answers
+from .embedded import RedisUnavailable, answers
 from .status import gather
 from .status_view import render, watch
 
@@ -79,8 +79,11 @@ class DemoRunner:
                 self.console.print(f"[red]the master exited ({master.returncode}):[/red]\n"
                                    f"{log_path.read_text(errors='replace')[-3000:]}")
                 return None
-            url = resolve_redis_url()
-            if answers(url):
+            try:
+                url = resolve_redis_url()
+            except RedisUnavailable:  # the master has not started its embedded Redis yet
+                url = ""
+            if url and answers(url):
                 app = App(url, namespace=namespace)
                 try:
                     if any(n["pid"] == master.pid for n in gather(app.broker)["nodes"]):

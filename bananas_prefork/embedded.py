@@ -191,22 +191,34 @@ def running_url(data_dir: str | os.PathLike[str]) -> str | None:
     return url if url and answers(url) else None
 
 
+def _data_dir() -> str:
+    return os.environ.get("BANANAS_DATA_DIR", ".bananas")
+
+
+def embedded_url() -> str:
+    """The URL of this directory's embedded server, whether or not it runs yet."""
+    try:
+        return (Path(_data_dir()) / URL_FILE).read_text().strip()
+    except OSError:
+        raise RedisUnavailable(f"no embedded Redis has run from {_data_dir()} yet: start a "
+                               "master there first, or give a Redis URL") from None
+
+
 def default_url() -> str:
     """Where a client connects when nothing is configured.
 
     A running embedded server of this directory (``$BANANAS_DATA_DIR`` or
     ``./.bananas``), else the conventional local Redis.
     """
-    return running_url(os.environ.get("BANANAS_DATA_DIR", ".bananas")) or DEFAULT_URL
+    return running_url(_data_dir()) or DEFAULT_URL
 
 
-def needs_embedded(configured: str | None, data_dir: str | os.PathLike[str]) -> bool:
-    """The master's question: must it start (and supervise) a private server?"""
-    if configured == EMBEDDED:
-        return True
-    if configured or os.environ.get("BANANAS_REDIS_URL") or os.environ.get("REDIS_URL"):
-        return False
-    return not answers(DEFAULT_URL) and running_url(data_dir) is None
+def wants_embedded(configured: str | None) -> bool:
+    """Whether a master should use an embedded server rather than a configured Redis."""
+    environment = os.environ.get("BANANAS_REDIS_URL") or os.environ.get("REDIS_URL")
+    if configured or environment:
+        return EMBEDDED in (configured, environment if not configured else None)
+    return not answers(DEFAULT_URL)
 
 
 class EmbeddedRedis:

@@ -36,7 +36,7 @@ from .broker import Broker, connect
 from .child import EXIT_BOOT_ERROR, EXIT_OK, MASTER_SIGNALS, ChildSpec, configure_app
 from .config import ConfigError, Deployment, PoolConfig, load
 from .consumer import failure_settlement, owner_id
-from .embedded import EMBEDDED, EmbeddedRedis, RedisUnavailable, needs_embedded
+from .embedded import EMBEDDED, EmbeddedRedis, RedisUnavailable, running_url, wants_embedded
 from .job import Job
 from .pidfile import Pidfile
 from .pool import QUICK_DEATH, Pool, Worker, close_worker_resources
@@ -78,8 +78,15 @@ class Master:
 
     def __init__(self, deployment: Deployment, app: App, config_path: str | None = None,
                  notifier: Notifier | None = None) -> None:
-        self.embedded = EmbeddedRedis(deployment.data_dir) \
-            if needs_embedded(deployment.redis_url, deployment.data_dir) else None
+        self.embedded: EmbeddedRedis | None = None
+        self.embedded_url: str | None = None
+        if wants_embedded(deployment.redis_url):
+            # Another master already runs this data dir's server: share it, do not fork a
+            # second server onto the same files.
+            self.embedded_url = running_url(deployment.data_dir)
+            if self.embedded_url is None:
+                self.embedded = EmbeddedRedis(deployment.data_dir)
+                self.embedded_url = self.embedded.url
         self._next_embedded_start = 0.0
         deployment = self._resolve(deployment)
         self.deployment = deployment
@@ -237,8 +244,8 @@ class Master:
 
     def _resolve(self, deployment: Deployment) -> Deployment:
         """Point a deployment that wants the embedded server at ours."""
-        if self.embedded is not None and deployment.redis_url in (None, EMBEDDED):
-            return dataclasses.replace(deployment, redis_url=self.embedded.url)
+        if self.embedded_url is not None and deployment.redis_url in (None, EMBEDDED):
+            return dataclasses.replace(deployment, redis_url=self.embedded_url)
         return deployment
 
     def _supervise_embedded(self) -> None:

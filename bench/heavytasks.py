@@ -1,0 +1,33 @@
+"""A sizeable application for the preload benchmark (master.py, section d).
+
+Same tasks as supervisedtasks.py, plus what a real application carries at
+import time: a set of heavier standard-library modules, a bytes blob of
+``BENCH_BALLAST_MB`` MB (default 32; every page written, so resident) and a
+dict of ``BENCH_TABLE_ROWS`` rows (default 200,000; small tuples, floats and
+strings: about 45 MB of Python objects, the kind of data whose object headers
+the garbage collector writes to).
+
+    app = "heavytasks:app"       # with PYTHONPATH=bench/
+"""
+
+from __future__ import annotations
+
+import asyncio  # noqa: F401  (imported for its weight)
+import decimal  # noqa: F401
+import email.parser  # noqa: F401
+import http.client  # noqa: F401
+import json  # noqa: F401
+import os
+import sqlite3  # noqa: F401
+import unittest  # noqa: F401
+import xml.etree.ElementTree  # noqa: F401
+
+from supervisedtasks import app
+
+BALLAST_MB = int(os.environ.get("BENCH_BALLAST_MB", "32"))
+TABLE_ROWS = int(os.environ.get("BENCH_TABLE_ROWS", "200000"))
+
+BLOB = bytes(range(256)) * (BALLAST_MB * 4096)  # written while built: every page resident
+TABLE = {f"row-{i}": (i, float(i), f"value {i}") for i in range(TABLE_ROWS)}
+
+__all__ = ["BLOB", "TABLE", "app"]
