@@ -133,7 +133,7 @@ class Consumer:
         for worker in self._workers:
             worker.join(None if deadline is None else max(0.0, deadline - time.monotonic()))
         finished = not any(worker.is_alive() for worker in self._workers)
-        self.release(lost_run=not finished)
+        self.release()  # unfinished jobs go back unharmed: stopping is not their fault
         self._stopped.set()
         return finished
 

@@ -114,6 +114,7 @@ class Master:
         self._next_renewal = 0.0
         self._next_orphan_scan = 0.0
         self._periodic_pending = False
+        self._redis_outages: set[str] = set()
         self._pidfile = Pidfile(deployment.pidfile) if deployment.pidfile else None
         self.publisher = Publisher(self.broker, node_id(self.host, self.pid), deployment.alerts,
                                    deployment.node_ttl)
@@ -599,9 +600,21 @@ class Master:
                 self.broker.recover_dead_owners()
                 self._next_orphan_scan = now + self.deployment.owner_ttl
             self._next_renewal = now + self.deployment.owner_ttl / 3
+            self._redis_ok("job liveness renewal")
         except redis.RedisError as exc:
-            log.warning("cannot renew job liveness (%s); retrying", exc)
+            self._redis_failed("cannot renew job liveness; retrying every second", exc)
             self._next_renewal = now + 1.0
+
+    def _redis_failed(self, what: str, exc: Exception) -> None:
+        """Log a Redis outage once, not on every pass of the loop."""
+        if what not in self._redis_outages:
+            self._redis_outages.add(what)
+            log.warning("%s: %s", what, exc)
+
+    def _redis_ok(self, what: str) -> None:
+        if self._redis_outages:
+            self._redis_outages.clear()
+            log.info("redis is back (%s works again)", what)
 
     # -- status ---------------------------------------------------------------------------------
 
@@ -614,8 +627,9 @@ class Master:
         self.last_snapshot = self.snapshot()
         try:
             self.publisher.publish(self.last_snapshot)
+            self._redis_ok("status publishing")
         except redis.RedisError as exc:
-            log.warning("cannot publish status (%s)", exc)
+            self._redis_failed("cannot publish status", exc)
 
     def _serve_metrics(self) -> None:
         port = self.deployment.metrics_port

@@ -354,7 +354,21 @@ def machine_info(admin: redis.Redis) -> Result:
         "platform": platform.platform(),
         "date": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S%z"),
         "load_avg_at_start": [round(x, 2) for x in os.getloadavg()],
+        **git_info(),
     }
+
+
+def git_info() -> Result:
+    """The commit measured, and library files that differed from it (others edit live)."""
+    def git(*args: str) -> str:
+        try:
+            return subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True,
+                                  timeout=10).stdout.strip()
+        except (OSError, subprocess.SubprocessError):
+            return ""
+
+    return {"git_commit": git("rev-parse", "HEAD"),
+            "git_modified": git("status", "--porcelain", "--", "bananas_prefork").splitlines()}
 
 
 def write_json(path: Path, data: Result) -> None:
