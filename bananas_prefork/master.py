@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import dataclasses
 import enum
-import json
 import logging
 import os
 import random
@@ -23,33 +22,27 @@ import selectors
 import signal
 import socket
 import time
-import uuid
-from dataclasses import dataclass
 from typing import Any
 
 import redis
 from setproctitle import setproctitle
 
-from . import child, monitor, periodic, reloader
+from . import periodic, reloader
 from .app import App
 from .broker import Broker, connect
-from .child import EXIT_BOOT_ERROR, EXIT_OK, MASTER_SIGNALS, ChildSpec, configure_app
+from .child import configure_app
 from .config import ConfigError, Deployment, PoolConfig, load
-from .consumer import failure_settlement, owner_id
 from .embedded import EMBEDDED, EmbeddedRedis, RedisUnavailable, running_url, wants_embedded
-from .job import Job
 from .pidfile import Pidfile
-from .pool import QUICK_DEATH, Pool, Worker, close_worker_resources
+from .pool import Pool
 from .scheduler import leader_identity
-from .scoreboard import Scoreboard
-from .stats import merge as merge_stats
 from .status import Publisher, node_id
 from .systemd import Notifier
+from .workforce import Workforce, describe_exit, scheduler_child_wanted
 
 log = logging.getLogger(__name__)
 
 TICK = 1.0
-KILL_GRACE = 1.0  # a child TERMed for a hard timeout gets this long before KILL
 READY_WAIT = 60.0  # tell systemd we are ready after this even if a pool keeps failing
 PUBLISH_INTERVAL = 1.0
 SIGNAL_NAMES = {signal.SIGHUP: "hup", signal.SIGTERM: "term", signal.SIGINT: "int",
@@ -62,15 +55,6 @@ class State(enum.Enum):
     RUNNING = "running"
     STOPPING = "stopping"
     STOPPED = "stopped"
-
-
-@dataclass
-class Recovery:
-    """Jobs of a dead child still to be given back (Redis was unreachable)."""
-
-    owner: str
-    lost_run: bool
-    reason: str
 
 
 class Master:
@@ -96,14 +80,11 @@ class Master:
         self.host = socket.gethostname()
         self.state = State.STARTING
         self.notifier = notifier or Notifier()
-        self.pools: list[Pool] = []
-        self.generation = 0
         self.started_at = time.time()
         self.stop_deadline: float | None = None
         self.reload_error: str | None = None
         self.rollout: list[str] = []
         self._rolling: Pool | None = None
-        self.pending: list[Recovery] = []
         self.ready_notified = False
         configure_app(app, deployment)
         self.broker = self._make_broker(app)
@@ -118,11 +99,11 @@ class Master:
         self._pidfile = Pidfile(deployment.pidfile) if deployment.pidfile else None
         self.publisher = Publisher(self.broker, node_id(self.host, self.pid), deployment.alerts,
                                    deployment.node_ttl)
-        self.scheduler_state: dict[str, object] = {}
         self.last_snapshot: dict[str, Any] | None = None
         self._metrics_server: Any = None
         self._next_publish = 0.0
-        self._add_pools(deployment)
+        self.workforce = Workforce(deployment, app, self.broker, self.pid, self._selector,
+                                   self._inherited_fds)
 
     # -- the loop ------------------------------------------------------------------
 
@@ -134,7 +115,7 @@ class Master:
         setproctitle(f"bananas-prefork: master [{self.deployment.source}]")
         self._serve_metrics()
         log.info("master %d starting: %s", self.pid, "; ".join(
-            f"{p.name} x{p.desired}" for p in self.pools))
+            f"{p.name} x{p.desired}" for p in self.workforce.pools))
         try:
             while self.state is not State.STOPPED:
                 self._loop_once()
@@ -152,24 +133,24 @@ class Master:
         elif self.state is State.RUNNING:
             if self._periodic_pending:
                 self._register_periodic()
-            self._check_health()
+            self.workforce.check_health()
             self._advance_rollout()
-            self._manage_pools()
+            self.workforce.manage()
             self._notify_ready()
         elif self.state is State.STOPPING:
-            self._check_health()
+            self.workforce.check_health()
             self._drive_stop()
         if self.state is not State.STARTING:
             self._supervise_embedded()
         self._renew_liveness()
-        self._recover_pending()
+        self.workforce.recover_pending()
         self._publish()
         self.notifier.watchdog()
 
     def _timeout(self) -> float:
         now = time.monotonic()
         deadlines = [now + TICK]
-        deadlines += [p.next_spawn_at for p in self.pools if p.missing() and
+        deadlines += [p.next_spawn_at for p in self.workforce.pools if p.missing() and
                       self.state is State.RUNNING]
         if self.state is State.STARTING:
             deadlines.append(self._next_connect)
@@ -182,7 +163,7 @@ class Master:
             if key.data is None:
                 signals += self._drain_wakeup()
             else:
-                self._read_reports(key.data)
+                self.workforce.read_reports(key.data)
         return signals
 
     def _dispatch(self, signum: int) -> None:
@@ -233,10 +214,10 @@ class Master:
         self._reload_code()
 
     def handle_ttin(self) -> None:
-        self._scale(+1)
+        self.workforce.scale(+1)
 
     def handle_ttou(self) -> None:
-        self._scale(-1)
+        self.workforce.scale(-1)
 
     def handle_chld(self) -> None:
         """Nothing to do here: every pass reaps."""
@@ -305,7 +286,8 @@ class Master:
             master_pid = int(rest.split(":", 1)[0]) if rest[:1].isdigit() else 0
             if host == self.host and master_pid not in (0, self.pid) and \
                     not _pid_alive(master_pid):
-                self._recover(owner, lost_run=True, reason="worker lost: its master died")
+                self.workforce.recover(owner, lost_run=True,
+                                       reason="worker lost: its master died")
 
     def _register_periodic(self) -> None:
         """Declare this deployment's periodic entries in the shared schedule."""
@@ -324,165 +306,7 @@ class Master:
         except redis.RedisError as exc:
             log.warning("cannot register periodic entries yet (%s); will retry", exc)
 
-    # -- pools ------------------------------------------------------------------------------
-
-    def _add_pools(self, deployment: Deployment) -> None:
-        for config in deployment.pools:
-            if config.runs_jobs:
-                self._new_pool(config.name, config)
-        if _scheduler_child_wanted(deployment):
-            self._new_pool("scheduler", None)
-
-    def _new_pool(self, name: str, config: PoolConfig | None) -> Pool:
-        self.generation += 1
-        pool = Pool(name, config, self.generation, self.deployment.max_restart_backoff)
-        self.pools.append(pool)
-        return pool
-
-    def _current(self, name: str) -> Pool | None:
-        """The newest pool of that name that is not draining."""
-        live = [p for p in self.pools if p.name == name and not p.draining]
-        return max(live, key=lambda p: p.generation) if live else None
-
-    def _replace(self, pool: Pool, config: PoolConfig | None) -> None:
-        """Start a new generation; the old one drains once the new one is up."""
-        new = self._new_pool(pool.name, config)
-        if config == pool.config:
-            new.desired = pool.desired
-        predecessor = next((p for p in self.pools if p.successor is pool), None)
-        if predecessor is not None:  # replaced again before it was up: skip it
-            pool.draining = True
-            predecessor.successor = new
-        else:
-            pool.successor = new
-        log.info("pool %s: starting generation %d to replace %d", pool.name, new.generation,
-                 pool.generation)
-
-    def _manage_pools(self) -> None:
-        now = time.monotonic()
-        for pool in list(self.pools):
-            if pool.successor is not None and pool.successor.is_up() and not pool.draining:
-                log.info("pool %s: generation %d is up; draining generation %d", pool.name,
-                         pool.successor.generation, pool.generation)
-                pool.draining = True
-            if pool.draining:
-                for worker in pool.active():
-                    self._stop_worker(worker, "draining")
-                if not pool.workers:
-                    self.pools.remove(pool)
-                    log.info("pool %s generation %d stopped", pool.name, pool.generation)
-                continue
-            extra = len(pool.active()) - pool.desired
-            for worker in sorted(pool.active(), key=lambda w: w.spawned_at)[:max(0, extra)]:
-                self._stop_worker(worker, "scaling down")
-            missing = pool.missing()
-            if missing and pool.may_spawn(now):
-                for _ in range(missing if pool.failures <= 1 else 1):
-                    self._spawn(pool)
-
-    def _scale(self, delta: int) -> None:
-        for pool in self.pools:
-            if pool.draining or pool.config is None or pool.config.mode == "thin":
-                continue
-            pool.desired = max(1, pool.desired + delta)
-            log.info("pool %s: %d process(es) wanted", pool.name, pool.desired)
-
-    # -- children -----------------------------------------------------------------------------
-
-    def _spawn(self, pool: Pool) -> None:
-        index = pool.free_index()
-        scoreboard = Scoreboard(pool.threads)
-        read_fd, write_fd = os.pipe()
-        nonce = uuid.uuid4().hex[:8]
-        spec = ChildSpec(
-            kind=pool.kind, name=pool.name, index=index, deployment=self.deployment,
-            app=self.app, master_pid=self.pid, owner="", scoreboard=scoreboard,
-            report_fd=write_fd, pool=pool.config, max_jobs=pool.jobs_limit(),
-            run_scheduler=pool.config is not None and _thin_runs_scheduler(self.deployment),
-            reimport_app=not self.deployment.preload_app,
-            close_fds=(self._wakeup_r, self._wakeup_w, read_fd, self._selector_fd(),
-                       *self._report_fds(), *self._metrics_fds()))
-        old_mask = signal.pthread_sigmask(signal.SIG_BLOCK, MASTER_SIGNALS)
-        try:
-            pid = os.fork()
-        except OSError as exc:
-            signal.pthread_sigmask(signal.SIG_SETMASK, old_mask)
-            for fd in (read_fd, write_fd):
-                os.close(fd)
-            scoreboard.close()
-            pool.next_spawn_at = time.monotonic() + 1.0
-            log.error("pool %s: fork failed: %s", pool.name, exc)
-            return
-        if pid == 0:
-            spec.owner = owner_id(self.pid, os.getpid(), nonce)
-            child.run(spec)
-        signal.pthread_sigmask(signal.SIG_SETMASK, old_mask)
-        os.close(write_fd)
-        os.set_blocking(read_fd, False)
-        worker = Worker(pid, pool, index, owner_id(self.pid, pid, nonce)
-                        if pool.config is not None else None, scoreboard, read_fd)
-        pool.workers[pid] = worker
-        self._selector.register(read_fd, selectors.EVENT_READ, worker)
-        log.info("spawned %s (pid %d)", worker.label, pid)
-
-    def _selector_fd(self) -> int:
-        return self._selector.fileno() if hasattr(self._selector, "fileno") else -1
-
-    def _metrics_fds(self) -> list[int]:
-        server = self._metrics_server
-        return [server.socket.fileno()] if server is not None else []
-
-    def _report_fds(self) -> list[int]:
-        return [w.report_fd for p in self.pools for w in p.workers.values()]
-
-    def _read_reports(self, worker: Worker) -> None:
-        """Read what a child wrote: one JSON object per line."""
-        while True:
-            try:
-                data = os.read(worker.report_fd, 65536)
-            except (BlockingIOError, OSError):
-                break
-            if not data:
-                break
-            worker.report_buffer += data
-        *lines, worker.report_buffer = worker.report_buffer.split(b"\n")
-        for line in lines:
-            try:
-                message = json.loads(line)
-            except ValueError:
-                continue
-            if message.get("ready") and worker.ready_at is None:
-                worker.pool.child_ready(worker)
-                log.info("%s (pid %d) is ready", worker.label, worker.pid)
-            if message.get("boot_error"):
-                worker.pool.last_error = str(message["boot_error"])
-            if isinstance(message.get("stats"), dict):
-                merge_stats(worker.pool.stats, message["stats"])
-            if isinstance(message.get("scheduler"), dict):
-                self.scheduler_state = message["scheduler"]
-
-    def _stop_worker(self, worker: Worker, reason: str, lost_run: bool = False) -> None:
-        """Ask a child to stop gracefully (finish its jobs, then exit)."""
-        if worker.stopping:
-            return
-        worker.stop_reason, worker.stop_sent_at, worker.lost_run = reason, time.monotonic(), \
-            lost_run
-        log.info("stopping %s (pid %d): %s", worker.label, worker.pid, reason)
-        _signal(worker.pid, signal.SIGTERM)
-
-    def _kill_worker(self, worker: Worker, reason: str, lost_run: bool) -> None:
-        if worker.killed:
-            return
-        if not worker.stopping:
-            worker.stop_reason, worker.stop_sent_at = reason, time.monotonic()
-        worker.killed, worker.lost_run = True, lost_run
-        log.warning("killing %s (pid %d): %s", worker.label, worker.pid, reason)
-        _signal(worker.pid, signal.SIGKILL)
-
-    def _workers(self) -> list[Worker]:
-        return [w for p in self.pools for w in p.workers.values()]
-
-    # -- reaping ------------------------------------------------------------------------------
+    # -- children ---------------------------------------------------------------------------
 
     def _reap(self) -> None:
         while True:
@@ -492,98 +316,21 @@ class Master:
                 return
             if pid == 0:
                 return
-            worker = next((w for w in self._workers() if w.pid == pid), None)
+            worker = next((w for w in self.workforce.workers() if w.pid == pid), None)
             if worker is not None:  # else not ours (we may be PID 1 in a container)
-                self._child_exited(worker, status)
+                self.workforce.child_exited(worker, status)
             elif self.embedded is not None and pid == self.embedded.pid:
                 code = os.waitstatus_to_exitcode(status)
                 self.embedded.exited(code)
                 self._next_embedded_start = time.monotonic() + 1.0
-                log.error("embedded Redis %s; restarting it", _describe_exit(code))
+                log.error("embedded Redis %s; restarting it", describe_exit(code))
 
-    def _child_exited(self, worker: Worker, status: int) -> None:
-        self._read_reports(worker)
-        self._selector.unregister(worker.report_fd)
-        code = os.waitstatus_to_exitcode(status)
-        how = _describe_exit(code)
-        expected = worker.stopping or code == EXIT_OK
-        if worker.owner is not None:
-            if worker.timed_out is not None:
-                self._fail_timed_out(worker)
-            lost = worker.lost_run if worker.stopping else code != EXIT_OK
-            self._recover(worker.owner, lost_run=lost,
-                          reason=f"worker lost: {worker.stop_reason or how}")
-        error = worker.pool.last_error if code == EXIT_BOOT_ERROR else f"{worker.label} {how}"
-        worker.pool.child_died(worker, expected, None if expected else error)
-        close_worker_resources(worker)
-        level = logging.INFO if expected else logging.WARNING
-        log.log(level, "%s (pid %d) %s%s", worker.label, worker.pid, how,
-                f" ({worker.stop_reason})" if worker.stop_reason else "")
-
-    def _recover(self, owner: str, lost_run: bool, reason: str) -> None:
-        try:
-            self.broker.recover(owner, known_dead=True, lost_run=lost_run, reason=reason)
-        except redis.RedisError as exc:
-            log.warning("cannot recover jobs of %s yet (%s); will retry", owner, exc)
-            self.pending.append(Recovery(owner, lost_run, reason))
-
-    def _recover_pending(self) -> None:
-        pending, self.pending = self.pending, []
-        for item in pending:
-            self._recover(item.owner, item.lost_run, item.reason)
-
-    def _fail_timed_out(self, worker: Worker) -> None:
-        """The job that ran past its hard limit fails by its retry policy."""
-        slot = worker.timed_out
-        assert slot is not None and worker.owner is not None
-        try:
-            info = self.broker.job_info(slot.job_id)
-            if info is None or info.owner != worker.owner or info.attempts != slot.attempt:
-                return
-            job = Job(info.id, info.name, info.priority, "[]", "{}", json.dumps(info.options),
-                      slot.attempt, info.enqueued_at)
-            settlement = failure_settlement(
-                job, self.app.tasks.get(info.name),
-                f"TimeoutError: ran longer than its {slot.timeout:g}s hard limit; "
-                "its worker was killed")
-            self.broker.step(worker.owner, slot.slot, settlement, False, (), ())
-        except redis.RedisError as exc:
-            log.warning("cannot fail timed-out job %s (%s); it will be returned", slot.job_id,
-                        exc)
-
-    # -- health -------------------------------------------------------------------------------
-
-    def _check_health(self) -> None:
-        now, wall = time.monotonic(), time.time()
-        for worker in self._workers():
-            worker.last_busy = worker.scoreboard.busy_slots()
-            worker.sample = monitor.sample(worker.process) if worker.process else None
-            pool = worker.pool
-            if pool.failures and worker.ready_at is not None and \
-                    now - worker.ready_at > QUICK_DEATH:
-                pool.child_settled()
-            if worker.killed or pool.config is None or worker.sample is None:
-                continue
-            if worker.timed_out is not None and now - (worker.stop_sent_at or now) > KILL_GRACE:
-                self._kill_worker(worker, "still running past its job's hard limit",
-                                  lost_run=False)
-                continue
-            verdict = monitor.judge(pool.config, worker.last_busy, worker.sample, wall,
-                                    worker.stopping)
-            if verdict is not None:
-                self._carry_out(worker, verdict)
-
-    def _carry_out(self, worker: Worker, verdict: monitor.Verdict) -> None:
-        if verdict.action == monitor.KILL:
-            self._kill_worker(worker, verdict.reason, verdict.lost_run)
-        elif verdict.timed_out is not None:
-            if worker.timed_out is None:
-                worker.timed_out = verdict.timed_out
-                worker.stop_reason = None  # a timeout overrides a gentler stop
-                self._stop_worker(worker, verdict.reason)
-        elif not any(w.stop_reason and w.stop_reason.startswith("recycling")
-                     for w in worker.pool.workers.values()):
-            self._stop_worker(worker, verdict.reason)  # one recycle at a time per pool
+    def _inherited_fds(self) -> list[int]:
+        """The master's own descriptors, which a forked child closes."""
+        fds = [self._wakeup_r, self._wakeup_w, self._selector.fileno()]
+        if self._metrics_server is not None:
+            fds.append(self._metrics_server.socket.fileno())
+        return fds
 
     # -- liveness ------------------------------------------------------------------------------
 
@@ -592,7 +339,7 @@ class Master:
         now = time.monotonic()
         if self.state is State.STARTING or now < self._next_renewal:
             return
-        owners = [w.owner for w in self._workers() if w.owner is not None]
+        owners = self.workforce.owners()
         try:
             if owners:
                 self.broker.renew_owners(owners)
@@ -649,10 +396,7 @@ class Master:
 
     def snapshot(self) -> dict[str, Any]:
         wall = time.time()
-        for pool in self.pools:
-            pool.observe(wall, self.deployment.alerts.utilization)
-        scheduler = next((p for p in self.pools if p.config is None and not p.draining), None)
-        scheduler_pid = next(iter(scheduler.workers), None) if scheduler else None
+        pools, scheduler_pid = self.workforce.figures(wall, self.deployment.alerts.utilization)
         return {
             "host": self.host,
             "pid": self.pid,
@@ -662,8 +406,8 @@ class Master:
             "state": self.state.value,
             "reload_error": self.reload_error,
             "scheduler": {"enabled": self.deployment.scheduler.enabled, "pid": scheduler_pid,
-                          "leading": bool(self.scheduler_state.get("leading"))},
-            "pools": [p.describe(wall) for p in self.pools if p.config is not None],
+                          "leading": bool(self.workforce.scheduler_state.get("leading"))},
+            "pools": pools,
         }
 
     # -- reloads -------------------------------------------------------------------------------
@@ -691,11 +435,12 @@ class Master:
             self.broker = self._make_broker(app)
         self.publisher = Publisher(self.broker, node_id(self.host, self.pid), new.alerts,
                                    new.node_ttl)
+        self.workforce.configure(new, app, self.broker)
         wanted: dict[str, PoolConfig | None] = {p.name: p for p in new.pools if p.runs_jobs}
-        if _scheduler_child_wanted(new):
+        if scheduler_child_wanted(new):
             wanted["scheduler"] = None
         scheduler_changed = old.scheduler != new.scheduler
-        for name in {p.name for p in self.pools if not p.draining} | set(wanted):
+        for name in {p.name for p in self.workforce.pools if not p.draining} | set(wanted):
             self._reconcile(name, wanted, connection_changed, scheduler_changed)
         self._register_periodic()
         log.info("reloaded %s", new.source)
@@ -703,7 +448,7 @@ class Master:
 
     def _reconcile(self, name: str, wanted: dict[str, PoolConfig | None],
                    connection_changed: bool, scheduler_changed: bool) -> None:
-        pool = self._current(name)
+        pool = self.workforce.current(name)
         if name not in wanted:
             if pool is not None:
                 log.info("pool %s removed: draining", name)
@@ -712,10 +457,10 @@ class Master:
         config = wanted[name]
         if pool is None:
             log.info("pool %s added", name)
-            self._new_pool(name, config)
+            self.workforce.new_pool(name, config)
         elif connection_changed or config != pool.config or \
                 (config is None and scheduler_changed):
-            self._replace(pool, config)
+            self.workforce.replace(pool, config)
 
     def _reload_code(self) -> None:
         """USR2: import fresh application code, then roll every pool onto it, one by one."""
@@ -729,7 +474,8 @@ class Master:
             return
         self.app, self.reload_error = app, None
         configure_app(app, self.deployment)
-        self.rollout = [p.name for p in self.pools if not p.draining]
+        self.workforce.configure(self.deployment, app, self.broker)
+        self.rollout = [p.name for p in self.workforce.pools if not p.draining]
         self._rolling = None
         self._register_periodic()
         log.info("code reloaded; rolling pools %s", ", ".join(self.rollout))
@@ -738,17 +484,17 @@ class Master:
     def _advance_rollout(self) -> None:
         while self.rollout:
             if self._rolling is not None:
-                if self._rolling in self.pools:
+                if self._rolling in self.workforce.pools:
                     return  # its successor is not up yet, or it is still draining
                 self._rolling = None
                 self.rollout.pop(0)
                 continue
-            pool = self._current(self.rollout[0])
+            pool = self.workforce.current(self.rollout[0])
             if pool is None:
                 self.rollout.pop(0)
                 continue
             self._rolling = pool
-            self._replace(pool, pool.config)
+            self.workforce.replace(pool, pool.config)
             return
 
     # -- stopping --------------------------------------------------------------------------------
@@ -764,32 +510,27 @@ class Master:
             self.stop_deadline = time.monotonic() + self.deployment.shutdown_timeout
             log.info("graceful stop: running jobs have %gs to finish",
                      self.deployment.shutdown_timeout)
-            for worker in self._workers():
-                self._stop_worker(worker, "shutdown")
+            self.workforce.stop_all("shutdown")
         else:
             log.info("fast stop: killing children; their jobs return to their queues")
-            for worker in self._workers():
-                self._kill_worker(worker, "fast stop", lost_run=False)
+            self.workforce.kill_all("fast stop")
 
     def _drive_stop(self) -> None:
-        if not self._workers():
+        if not self.workforce.workers():
             self.state = State.STOPPED
             return
         if self.stop_deadline is not None and time.monotonic() > self.stop_deadline:
-            for worker in self._workers():
-                self._kill_worker(worker, "shutdown timeout: its jobs return to their queues",
-                                  lost_run=False)
+            self.workforce.kill_all("shutdown timeout: its jobs return to their queues")
 
     def _shut_down(self) -> None:
-        for worker in self._workers():  # only after an unexpected error in the loop
-            self._kill_worker(worker, "master exiting", lost_run=False)
+        self.workforce.kill_all("master exiting")  # only after an unexpected error in the loop
         deadline = time.monotonic() + 5
-        while self._workers() and time.monotonic() < deadline:
+        while self.workforce.workers() and time.monotonic() < deadline:
             self._reap()
             time.sleep(0.01)
         for _ in range(3):
-            self._recover_pending()
-            if not self.pending:
+            self.workforce.recover_pending()
+            if not self.workforce.pending:
                 break
             time.sleep(0.5)
         try:
@@ -812,26 +553,18 @@ class Master:
         if self.ready_notified:
             return
         waited = time.time() - self.started_at
-        if all(p.is_up() for p in self.pools if not p.draining) or waited > READY_WAIT:
+        if self.workforce.all_up() or waited > READY_WAIT:
             self.ready_notified = True
             log.info("all pools up (%.2fs)", waited)
             self.notifier.ready(self._summary())
 
     def _summary(self) -> str:
-        parts = [f"{p.name} {len(p.active())}/{p.desired}" for p in self.pools
-                 if not p.draining]
-        return ", ".join(parts) + (" (last reload failed)" if self.reload_error else "")
+        summary = self.workforce.summary()
+        return summary + (" (last reload failed)" if self.reload_error else "")
 
 
 def _wake_only(signum: int, frame: object) -> None:
     """The wakeup fd already carries the signal to the loop; nothing else runs here."""
-
-
-def _signal(pid: int, signum: int) -> None:
-    try:
-        os.kill(pid, signum)
-    except ProcessLookupError:
-        pass
 
 
 def _pid_alive(pid: int) -> bool:
@@ -844,23 +577,5 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
-def _describe_exit(code: int) -> str:
-    if code >= 0:
-        return f"exited with code {code}"
-    name = signal.Signals(-code).name
-    hint = " (perhaps out of memory)" if -code == signal.SIGKILL else ""
-    return f"killed by {name}{hint}"
-
-
 def _hide_password(url: str) -> str:
     return re.sub(r"//:[^@]*@", "//:***@", url)
-
-
-def _thin_runs_scheduler(deployment: Deployment) -> bool:
-    """A lone thin pool is one small process for everything, the scheduler included."""
-    job_pools = [p for p in deployment.pools if p.runs_jobs]
-    return deployment.scheduler.enabled and len(job_pools) == 1 and job_pools[0].mode == "thin"
-
-
-def _scheduler_child_wanted(deployment: Deployment) -> bool:
-    return deployment.scheduler.enabled and not _thin_runs_scheduler(deployment)

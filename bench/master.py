@@ -220,15 +220,18 @@ def measure_startup(sess: Session, opts: argparse.Namespace, want_idle: bool) ->
 
 
 def _startup_timeline(run: MasterRun, launched: float, ready: float, children: int) -> Result:
-    events = run.events()
-    lives = pool_events(events)
     wait_for(lambda: sum("ready" in life for life in pool_events(run.events()).values())
              >= children, 10.0, "every child's 'is ready' line in the log")
-    lives = pool_events(run.events())
+    events = run.events()
+    lives = pool_events(events)
     spawned = sorted(life["spawned"] for life in lives.values() if "spawned" in life)
     readies = sorted(life["ready"] for life in lives.values() if "ready" in life)
     starting = next(e.ts for e in events if e.role == "master" and "starting" in e.msg)
+    consuming = sorted(e.ts for e in events if e.role != "master" and
+                       e.msg.startswith("consumer ") and " started: " in e.msg)
     return {"launch_to_master_log_s": starting - launched,
+            "launch_to_first_consuming_s": consuming[0] - launched,
+            "launch_to_all_consuming_s": consuming[-1] - launched,
             "launch_to_first_spawn_s": spawned[0] - launched,
             "launch_to_last_spawn_s": spawned[-1] - launched,
             "launch_to_first_ready_s": readies[0] - launched,
@@ -308,19 +311,23 @@ def _memory(proc: psutil.Process) -> Result:
 def measure_preload(sess: Session, opts: argparse.Namespace) -> Result:
     out: Result = {"children": opts.preload_children, "ballast_mb": opts.ballast_mb,
                    "table_rows": opts.table_rows}
-    for preload in (True, False):
-        out["preload" if preload else "no_preload"] = _preload_case(sess, opts, preload)
+    cases = [("preload", True, False), ("no_preload", False, False)]
+    if opts.freeze_case:
+        cases.append(("preload_frozen", True, True))
+    for name, preload, freeze in cases:
+        out[name] = _preload_case(sess, opts, name, preload, freeze)
     return out
 
 
-def _preload_case(sess: Session, opts: argparse.Namespace, preload: bool) -> Result:
+def _preload_case(sess: Session, opts: argparse.Namespace, name: str, preload: bool,
+                  freeze: bool) -> Result:
     flush(sess)
     pools = {"default": {"concurrency": opts.preload_children, "threads": 1}}
-    env_note = {"BENCH_BALLAST_MB": str(opts.ballast_mb),
-                "BENCH_TABLE_ROWS": str(opts.table_rows)}
+    env = {"BENCH_BALLAST_MB": str(opts.ballast_mb), "BENCH_TABLE_ROWS": str(opts.table_rows),
+           "BENCH_GC_FREEZE": "1" if freeze else "0"}
     config = deployment("heavytasks:app", sess.url, NAMESPACE, pools, {"enabled": False},
                         preload_app=preload)
-    run = sess.master(f"preload-{str(preload).lower()}", config, env=env_note)
+    run = sess.master(name, config, env=env)
     run.start()
     run.wait_notify("READY=1", opts.timeout)
     try:
@@ -391,8 +398,10 @@ def print_startup(res: Result) -> None:
     for key, label in (("launch_to_master_log_s", "master's first log line"),
                        ("launch_to_first_spawn_s", "first child spawned"),
                        ("launch_to_last_spawn_s", "last child spawned"),
-                       ("launch_to_first_ready_s", "first child ready"),
-                       ("launch_to_all_ready_s", f"all {res['children']} children ready"),
+                       ("launch_to_first_consuming_s", "first child consuming (child's log)"),
+                       ("launch_to_all_consuming_s", "all children consuming (child's log)"),
+                       ("launch_to_first_ready_s", "first 'is ready' (master's log)"),
+                       ("launch_to_all_ready_s", f"all {res['children']} 'is ready' (master)"),
                        ("launch_to_notify_ready_s", "READY=1 on the notify socket"),
                        ("graceful_stop_s", "(graceful stop: SIGTERM -> exit)")):
         if key in s:
@@ -417,28 +426,33 @@ def print_idle(idle: Result, children: int) -> None:
         print(f"  {label:<38}" + "".join(f"{idle[p][key]:>10,.{digits}f}" for p in phases))
 
 
+PRELOAD_LABELS = {"preload": "preload_app = true", "no_preload": "preload_app = false",
+                  "preload_frozen": "true + gc.freeze()"}
+
+
 def print_preload(res: Result) -> None:
-    print(f"\nd. preload_app: {res['children']} children of an app with a "
-          f"{res['ballast_mb']} MB blob + a {res['table_rows']:,}-row dict (MB)")
-    cases = [("preload", "fresh"), ("preload", "after_gc"), ("no_preload", "fresh"),
-             ("no_preload", "after_gc")]
-    print(f"{'':<34}" + "".join(f"{c[0][:10] + ('' if c[1] == 'fresh' else '+gc'):>13}"
-                                for c in cases))
     n = res["children"]
-    rows = [("child RSS (mean)", lambda s: s["children_rss_mb_total"] / n),
-            ("child USS (mean)", lambda s: s["children_uss_mb_total"] / n),
-            ("child PSS (mean)", lambda s: s["children_pss_mb_total"] / n),
-            ("child shared = RSS-USS (mean)", lambda s: s["children_shared_mb_total"] / n),
-            (f"sum of {n} children's USS", lambda s: s["children_uss_mb_total"]),
-            (f"sum of {n} children's PSS", lambda s: s["children_pss_mb_total"]),
-            ("master RSS", lambda s: s["master"]["rss_mb"]),
-            (f"deployment PSS (master+{n})", lambda s: s["deployment_pss_mb"])]
-    for label, get in rows:
-        print(f"  {label:<32}" + "".join(f"{get(res[c][p]):>13,.1f}" for c, p in cases))
-    boots = [res[c]["spawn_to_ready_s"] for c in ("preload", "no_preload")]
-    print(f"  {'child spawn -> ready p50 (s)':<32}{boots[0]['p50']:>13.3f}{'':>13}"
-          f"{boots[1]['p50']:>13.3f}")
-    print("  +gc: after one full gc.collect() in every child (a collect job each)")
+    print(f"\nd. preload_app: {n} children of an app with a {res['ballast_mb']} MB blob + a "
+          f"{res['table_rows']:,}-row dict; MB")
+    print(f"{'':<30}{'child mean':^32}{'sum of ' + str(n) + ' children':^24}")
+    print(f"{'case':<30}" + "".join(f"{h:>8}" for h in ("RSS", "USS", "PSS", "RSS-USS",
+                                                          "USS", "PSS", "+master")) +
+          f"{'boot s':>8}")
+    for case, label in PRELOAD_LABELS.items():
+        if case not in res:
+            continue
+        for phase in ("fresh", "after_gc"):
+            snap = res[case][phase]
+            values = [snap[f"children_{k}_total"] / n
+                      for k in ("rss_mb", "uss_mb", "pss_mb", "shared_mb")]
+            values += [snap["children_uss_mb_total"], snap["children_pss_mb_total"],
+                       snap["deployment_pss_mb"]]
+            boot = f"{res[case]['spawn_to_ready_s']['p50']:>8.3f}" if phase == "fresh" else ""
+            name = label if phase == "fresh" else "  after a full gc in each"
+            print(f"  {name:<28}" + "".join(f"{v:>8,.1f}" for v in values) + boot)
+    print("  +master: the children's PSS plus the master's (the deployment's real memory);\n"
+          "  boot s: p50 of a child's spawn -> ready; after a full gc: one gc.collect() "
+          "per child\n  (a collect job each); gc.freeze(): at the end of the app's import")
 
 
 # ---------------------------------------------------------------------------
@@ -478,6 +492,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     group.add_argument("--preload-children", type=int, default=8, help="processes (8)")
     group.add_argument("--ballast-mb", type=int, default=32, help="bytes blob, MB (32)")
     group.add_argument("--table-rows", type=int, default=200_000, help="dict rows (200000)")
+    group.add_argument("--freeze-case", action=argparse.BooleanOptionalAction, default=True,
+                       help="also measure preload with gc.freeze() in the app (on)")
     opts = parser.parse_args(argv)
     opts.only = [s.strip() for s in opts.only.split(",") if s.strip()]
     opts.spacing = [float(s) for s in opts.spacing.split(",")]
