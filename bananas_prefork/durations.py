@@ -38,5 +38,9 @@ def format_duration(seconds: float) -> str:
         if seconds >= size and seconds % size == 0:
             return "%d%s" % (seconds // size, unit)
     if seconds < 1:
-        return "%gms" % (seconds * 1000)
-    return "%gs" % seconds
+        return _trimmed(seconds * 1000) + "ms"
+    return _trimmed(seconds) + "s"
+
+
+def _trimmed(number: float) -> str:
+    return ("%.6f" % number).rstrip("0").rstrip(".")

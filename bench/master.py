@@ -46,7 +46,7 @@ from supervisedtasks import COLLECTED_KEY, COUNT_KEY, FIRST_KEY, app
 from bananas_prefork.status import gather
 
 NAMESPACE = "benchmaster"
-SECTIONS = ("replace", "startup", "idle", "preload")
+SECTIONS = ("replace", "startup", "idle", "scaling", "preload")
 MB = 1048576.0
 
 
@@ -251,19 +251,39 @@ def _status_idle(timeout: float) -> int:
     return int(wait_for(idle_count, timeout, "status showing every child idle", 0.2))
 
 
-def measure_idle(sess: Session, run: MasterRun, opts: argparse.Namespace) -> Result:
-    """The master (and its children, and Redis) sampled over ``--idle-seconds``."""
+def measure_idle(sess: Session, run: MasterRun, opts: argparse.Namespace,
+                 seconds: float | None = None) -> Result:
+    """The master (and its children, and Redis) sampled idle, then busy, ``seconds`` each."""
+    seconds = opts.idle_seconds if seconds is None else seconds
+    children = len(run.children())
     time.sleep(opts.settle)
-    out: Result = {"idle": _sample(sess, run, opts.idle_seconds)}
+    out: Result = {"idle": _sample(sess, run, seconds)}
     if opts.busy_hold > 0:
-        feeder = Feeder(opts.busy_hold, low=opts.pools * opts.pool_size * 4, batch=500)
+        feeder = Feeder(opts.busy_hold, low=max(200, children * 4), batch=500)
         feeder.start()
         try:
             time.sleep(opts.settle)
-            out["busy"] = _sample(sess, run, opts.idle_seconds)
+            out["busy"] = _sample(sess, run, seconds)
             out["busy"]["job_hold_s"] = opts.busy_hold
         finally:
             feeder.stop()
+    return out
+
+
+def measure_scaling(sess: Session, opts: argparse.Namespace) -> list[Result]:
+    """Master CPU, idle and busy, for several numbers of children (pools of 10)."""
+    out = []
+    for children in opts.scaling_children:
+        flush(sess)
+        pools = {f"p{i}": {"concurrency": min(10, children - 10 * i), "threads": 1}
+                 for i in range((children + 9) // 10)}
+        run, _, _ = start_master(sess, f"scaling-{children}", "supervisedtasks:app", pools,
+                                 opts.timeout)
+        try:
+            sampled = measure_idle(sess, run, opts, opts.scaling_seconds)
+        finally:
+            run.stop()
+        out.append({"children": children, **sampled})
     return out
 
 
@@ -430,6 +450,20 @@ PRELOAD_LABELS = {"preload": "preload_app = true", "no_preload": "preload_app = 
                   "preload_frozen": "true + gc.freeze()"}
 
 
+def print_scaling(results: Sequence[Result], hold: float) -> None:
+    print(f"\nc'. master CPU vs number of children (pools of 10 x 1 thread); busy: jobs "
+          f"sleeping {hold:g}s\n    keep every child busy")
+    print(f"{'children':>10}{'master CPU % idle':>19}{'busy':>8}{'jobs/s':>8}"
+          f"{'children CPU % busy':>21}{'redis CPU % busy':>18}")
+    for res in results:
+        idle, busy = res["idle"], res.get("busy", {})
+        print(f"{res['children']:>10}{idle['master_cpu_pct']:>19.1f}"
+              f"{busy.get('master_cpu_pct', float('nan')):>8.1f}"
+              f"{busy.get('jobs_per_s', float('nan')):>8.0f}"
+              f"{busy.get('children_cpu_pct_total', float('nan')):>21.1f}"
+              f"{busy.get('redis_cpu_pct', float('nan')):>18.1f}")
+
+
 def print_preload(res: Result) -> None:
     n = res["children"]
     print(f"\nd. preload_app: {n} children of an app with a {res['ballast_mb']} MB blob + a "
@@ -470,9 +504,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                         help="keep the temp dir (deployment files, master logs)")
     group = parser.add_argument_group("a. replacement")
     group.add_argument("--kills", type=int, default=20, help="SIGKILLs per spacing (20)")
-    group.add_argument("--spacing", default="0.3",
+    group.add_argument("--spacing", default="0.3,1.5",
                        help="pause(s) after each replacement took its first job, comma-"
-                            "separated: one series per value (0.3)")
+                            "separated: one series per value (0.3,1.5)")
     group.add_argument("--replace-concurrency", type=int, default=4, help="processes (4)")
     group.add_argument("--warmup", type=float, default=6.0,
                        help="seconds between every child taking jobs and the first kill (6: "
@@ -488,6 +522,10 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     group.add_argument("--busy-hold", type=float, default=0.2,
                        help="also sample while every child runs jobs sleeping this long "
                             "(0.2; 0 = skip)")
+    group.add_argument("--scaling-children", default="10,20,50,100",
+                       help="scaling section: numbers of children (10,20,50,100)")
+    group.add_argument("--scaling-seconds", type=float, default=5.0,
+                       help="scaling section: sample length, idle and busy (5)")
     group = parser.add_argument_group("d. preload")
     group.add_argument("--preload-children", type=int, default=8, help="processes (8)")
     group.add_argument("--ballast-mb", type=int, default=32, help="bytes blob, MB (32)")
@@ -497,6 +535,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     opts = parser.parse_args(argv)
     opts.only = [s.strip() for s in opts.only.split(",") if s.strip()]
     opts.spacing = [float(s) for s in opts.spacing.split(",")]
+    opts.scaling_children = [int(c) for c in opts.scaling_children.split(",")]
     unknown = set(opts.only) - set(SECTIONS)
     if unknown:
         parser.error(f"unknown section(s) {', '.join(sorted(unknown))}")
@@ -517,6 +556,10 @@ def run_sections(sess: Session, opts: argparse.Namespace) -> Result:
         print_startup(results["startup"])
         if results["startup"]["idle"]:
             print_idle(results["startup"]["idle"], opts.pools * opts.pool_size)
+    if "scaling" in opts.only:
+        print(f"\nc'. master CPU for {opts.scaling_children} children ...", flush=True)
+        results["scaling"] = measure_scaling(sess, opts)
+        print_scaling(results["scaling"], opts.busy_hold)
     if "preload" in opts.only:
         print(f"\nd. preload: {opts.preload_children} children, preload_app true/false ...",
               flush=True)

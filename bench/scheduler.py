@@ -321,8 +321,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     group.add_argument("--backlog", type=int, default=100_000, help="due jobs (100000)")
     group.add_argument("--backlog-delay", type=float, default=2.0,
                        help="their delay at enqueue, s (2.0)")
-    group.add_argument("--batch", default="1000",
-                       help="Scheduler batch size(s), comma-separated (1000, the default)")
+    group.add_argument("--batch", default="1000,250",
+                       help="Scheduler batch size(s), comma-separated (1000,250; the "
+                            "library's default is 1000)")
     group.add_argument("--promote-repeat", type=int, default=3, help="repeats per batch (3)")
     opts = parser.parse_args(argv)
     opts.only = [s.strip() for s in opts.only.split(",") if s.strip()]
