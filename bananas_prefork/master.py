@@ -96,6 +96,7 @@ class Master:
         self._next_orphan_scan = 0.0
         self._periodic_pending = False
         self._redis_outages: set[str] = set()
+        self._next_health_check = 0.0
         self._pidfile = Pidfile(deployment.pidfile) if deployment.pidfile else None
         self.publisher = Publisher(self.broker, node_id(self.host, self.pid), deployment.alerts,
                                    deployment.node_ttl)
@@ -133,12 +134,12 @@ class Master:
         elif self.state is State.RUNNING:
             if self._periodic_pending:
                 self._register_periodic()
-            self.workforce.check_health()
+            self._check_health()
             self._advance_rollout()
             self.workforce.manage()
             self._notify_ready()
         elif self.state is State.STOPPING:
-            self.workforce.check_health()
+            self._check_health()
             self._drive_stop()
         if self.state is not State.STARTING:
             self._supervise_embedded()
@@ -324,6 +325,14 @@ class Master:
                 self.embedded.exited(code)
                 self._next_embedded_start = time.monotonic() + 1.0
                 log.error("embedded Redis %s; restarting it", describe_exit(code))
+
+    def _check_health(self) -> None:
+        """Once a second, not on every wake-up: busy children report several times a
+        second each, and sampling all of them per report would cost the square."""
+        now = time.monotonic()
+        if now >= self._next_health_check:
+            self._next_health_check = now + TICK
+            self.workforce.check_health()
 
     def _inherited_fds(self) -> list[int]:
         """The master's own descriptors, which a forked child closes."""

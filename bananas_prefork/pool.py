@@ -16,7 +16,7 @@ from .monitor import Sample
 from .scoreboard import Scoreboard, SlotView
 from .stats import TypeStats
 
-QUICK_DEATH = 5.0  # a child dying sooner than this after spawn counts as failing to start
+QUICK_DEATH = 5.0  # a child dying this soon after ready, having run nothing, failed to start
 FAILING_AFTER = 3  # consecutive quick deaths before the pool shows as failing
 RATE_WINDOW = 60.0  # processed/failed per minute are measured over this
 
@@ -153,8 +153,7 @@ class Pool:
         self.restarts += 1
         if error:
             self.last_error = error
-        quick = time.monotonic() - worker.spawned_at < QUICK_DEATH or worker.ready_at is None
-        if not quick:
+        if not _failed_to_start(worker):
             self.failures = 0
             return
         self.failures += 1
@@ -246,6 +245,19 @@ class Pool:
         if limit is None:
             return None
         return limit + random.randint(0, max(0, limit // 10))
+
+
+def _failed_to_start(worker: Worker) -> bool:
+    """A child that never got going, as opposed to a working child that died.
+
+    It never reported ready, or it died soon after without running a job. A
+    child that ran jobs is replaced at once however young it was: backing off
+    would only slow recovery from crashes that are not about starting.
+    """
+    if worker.ready_at is None:
+        return True
+    ran_jobs = worker.scoreboard.jobs_done + worker.scoreboard.jobs_failed > 0
+    return not ran_jobs and time.monotonic() - worker.ready_at < QUICK_DEATH
 
 
 def close_worker_resources(worker: Worker) -> None:

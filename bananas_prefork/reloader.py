@@ -10,6 +10,7 @@ old modules are put back and the running code stays.
 
 from __future__ import annotations
 
+import gc
 import importlib
 import sys
 import sysconfig
@@ -29,7 +30,20 @@ _library_roots = tuple(
 def first_import(deployment: Deployment) -> Any:
     """Import the app, remembering which modules were there before it."""
     _baseline.update(sys.modules)
-    return import_app(deployment)
+    app = import_app(deployment)
+    freeze_for_fork()
+    return app
+
+
+def freeze_for_fork() -> None:
+    """Move everything imported so far out of the garbage collector's sight.
+
+    A collection in a child would otherwise touch every preloaded object and
+    copy the pages it shares with the master (about 12 MB for a modest app);
+    frozen objects are never scanned, so they stay shared.
+    """
+    gc.collect()
+    gc.freeze()
 
 
 def _is_application_module(name: str) -> bool:
@@ -49,7 +63,9 @@ def reimport_app(deployment: Deployment) -> Any:
     saved = {name: sys.modules.pop(name) for name in stale}
     importlib.invalidate_caches()
     try:
-        return import_app(deployment)
+        app = import_app(deployment)
+        freeze_for_fork()
+        return app
     except BaseException:
         for name in list(sys.modules):
             if _is_application_module(name):

@@ -273,6 +273,7 @@ class Workforce:
     # -- health -------------------------------------------------------------------------------
 
     def check_health(self) -> None:
+        """Sample every child (psutil) and act on the verdicts; called once a second."""
         now, wall = time.monotonic(), time.time()
         for worker in self.workers():
             worker.last_busy = worker.scoreboard.busy_slots()

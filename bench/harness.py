@@ -322,6 +322,7 @@ def session(prefix: str, redis_server: str | None = None,
     """A private redis-server (AOF off, as core.py) and cleanup of everything on exit."""
     for signum in (signal.SIGTERM, signal.SIGHUP):
         signal.signal(signum, _exit_on_signal)
+    signal.signal(signal.SIGINT, signal.default_int_handler)  # even if started with it ignored
     workdir = Path(tempfile.mkdtemp(prefix=prefix))
     server = RedisServer(workdir / "redis", binary=redis_server, appendonly=False)
     current = Session(workdir, server, keep_workdir)

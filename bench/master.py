@@ -121,9 +121,11 @@ def measure_replacement(sess: Session, opts: argparse.Namespace, spacing: float)
                              opts.timeout)
     kills: list[Result] = []
     try:
-        seen = set(wait_for(lambda: _first_jobs(counter) if len(_first_jobs(counter)) >=
-                            opts.replace_concurrency else None, opts.timeout,
-                            "every child taking jobs"))
+        def all_started() -> dict[int, float] | None:
+            firsts = _first_jobs(counter)
+            return firsts if len(firsts) >= opts.replace_concurrency else None
+
+        seen = set(wait_for(all_started, opts.timeout, "every child taking jobs"))
         time.sleep(opts.warmup)
         for _ in range(opts.kills):
             kills.append(_kill_one(run, counter, seen, opts.timeout))
@@ -143,7 +145,6 @@ def _first_jobs(counter: Any) -> dict[int, float]:
 def _kill_one(run: MasterRun, counter: Any, seen: set[int], timeout: float) -> Result:
     run.check_alive()
     victim = min(run.children(), key=lambda p: p.create_time())
-    age = time.time() - victim.create_time()
     killed_at = time.time()
     os.kill(victim.pid, signal.SIGKILL)
 
@@ -154,14 +155,20 @@ def _kill_one(run: MasterRun, counter: Any, seen: set[int], timeout: float) -> R
     pid, first = wait_for(replacement, timeout, f"a replacement for pid {victim.pid}",
                           interval=0.005)
     seen.add(pid)
-    return {"victim": victim.pid, "victim_age_s": round(age, 3), "killed_at": killed_at,
-            "pid": pid, "first_job_s": first - killed_at}
+    return {"victim": victim.pid, "killed_at": killed_at, "pid": pid,
+            "first_job_s": first - killed_at}
 
 
 def _add_log_times(kills: list[Result], lives: dict[int, dict[str, Any]]) -> None:
-    """kill -> reaped / spawned / ready, from the master's log (ms timestamps)."""
+    """kill -> reaped / spawned / ready, from the master's log (ms timestamps).
+
+    The victim's age is taken from its "spawned" line too: the master's own view
+    (psutil's create_time was found ~0.7 s off on this machine).
+    """
     for kill in kills:
         victim, fresh = lives.get(kill["victim"], {}), lives.get(kill["pid"], {})
+        spawned = victim.get("spawned")
+        kill["victim_age_s"] = None if spawned is None else kill["killed_at"] - spawned
         for key, value in (("reaped_s", victim.get("exited")), ("spawned_s", fresh.get("spawned")),
                            ("ready_s", fresh.get("ready"))):
             kill[key] = None if value is None else value - kill["killed_at"]
@@ -174,7 +181,7 @@ def _summarize_kills(kills: list[Result], spacing: float, jobs: int,
     for key in ("reaped_s", "spawned_s", "ready_s", "first_job_s"):
         values = [k[key] for k in kills if k.get(key) is not None]
         out[key] = distribution(values)
-    ages = [k["victim_age_s"] for k in kills]
+    ages = [k["victim_age_s"] for k in kills if k.get("victim_age_s") is not None]
     out["victim_age_s"] = distribution(ages)
     # The master spawns at once unless the pool's restart backoff holds the spawn back.
     out["deferred_spawns"] = sum(1 for k in kills if k.get("spawned_s") is not None and

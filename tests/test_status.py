@@ -167,12 +167,17 @@ def test_metrics_over_http(masters: MasterFactory, app: App) -> None:
     app.enqueue("always_fails")
     app.enqueue("send_email", delay=3600)
     wait_until(lambda: all(app.job(i).state == "succeeded" for i in ids))
-    time.sleep(1.5)
-    body = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
-    samples = {(s.name, tuple(sorted(s.labels.items()))): s.value
-               for family in text_string_to_metric_families(body) for s in family.samples}
-    assert samples[("bananas_jobs_total", (("job_type", "record"), ("outcome", "succeeded"),
-                                           ("pool", "default")))] == 7
+    succeeded = ("bananas_jobs_total", (("job_type", "record"), ("outcome", "succeeded"),
+                                        ("pool", "default")))
+
+    def scrape() -> tuple[str, dict[tuple[str, tuple[tuple[str, str], ...]], float]] | None:
+        body = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read()
+        text = body.decode()
+        samples = {(s.name, tuple(sorted(s.labels.items()))): s.value
+                   for family in text_string_to_metric_families(text) for s in family.samples}
+        return (text, samples) if samples.get(succeeded) == 7 else None
+
+    body, samples = wait_until(scrape, timeout=5, interval=0.2)  # counts are 1-2 s behind
     assert samples[("bananas_job_duration_seconds_count", (("job_type", "record"),
                                                            ("pool", "default")))] == 7
     assert samples[("bananas_jobs_scheduled", ())] >= 1

@@ -51,10 +51,12 @@ def test_timeout_verdict_names_the_job_and_does_not_count_a_lost_run() -> None:
     assert verdict.timed_out.job_id == "job1" and not verdict.lost_run
 
 
-def worker(pool: Pool, pid: int, age: float, ready: bool = False) -> Worker:
+def worker(pool: Pool, pid: int, age: float, ready: bool = False, jobs: int = 0) -> Worker:
     w = Worker(pid, pool, 0, None, Scoreboard(1), -1)
     w.spawned_at = time.monotonic() - age
-    w.ready_at = time.monotonic() if ready else None
+    w.ready_at = w.spawned_at + 0.05 if ready else None  # ready soon after it was forked
+    for _ in range(jobs):
+        w.scoreboard.job_ended(0, succeeded=True)
     pool.workers[pid] = w
     return w
 
@@ -79,6 +81,21 @@ def test_a_long_lived_child_dying_is_not_a_boot_failure() -> None:
     for n in range(FAILING_AFTER + 2):
         pool.child_died(worker(pool, n + 1, age=60, ready=True), expected=False, error="x")
     assert pool.failures == 0 and pool.restarts == FAILING_AFTER + 2
+
+
+def test_a_young_child_that_ran_jobs_is_replaced_without_backoff() -> None:
+    pool = Pool("p", PoolConfig(), 1, max_backoff=30)
+    for n in range(6):
+        pool.child_died(worker(pool, n + 1, age=0.5, ready=True, jobs=3), expected=False,
+                        error="crashed")
+    assert pool.failures == 0 and pool.next_spawn_at == 0.0
+
+
+def test_a_child_that_was_ready_but_never_ran_a_job_counts_as_failing_to_start() -> None:
+    pool = Pool("p", PoolConfig(), 1, max_backoff=30)
+    for n in range(FAILING_AFTER):
+        pool.child_died(worker(pool, n + 1, age=0.5, ready=True), expected=False, error="x")
+    assert pool.failing
 
 
 def test_expected_deaths_count_nothing() -> None:
