@@ -380,3 +380,36 @@ def write_json(path: Path, data: Result) -> None:
 
 def fmt_ms(seconds: float | None) -> str:
     return "-" if seconds is None else f"{seconds * 1000:,.1f}"
+
+
+def run_main(what: str, prefix: str, namespace: str, opts: Any, app: Any,
+             sections: Callable[[Session, Any], Result]) -> int:
+    """The main of a benchmark script: a private Redis, the sections, the JSON."""
+    try:
+        with session(prefix, opts.redis_server, opts.keep_workdir) as sess:
+            app.configure(redis_url=sess.url, namespace=namespace)
+            info = machine_info(sess.admin())
+            print(f"bananas-prefork {what} benchmark: redis {info['redis_version']}, Python "
+                  f"{info['python']}, {info['cpus']} CPUs, load {info['load_avg_at_start']}",
+                  flush=True)
+            results = sections(sess, opts)
+            if opts.json:
+                write_json(opts.json, {"machine": info, "argv": sys.argv,
+                                       "options": {k: v for k, v in vars(opts).items()
+                                                   if k != "json"}, "results": results})
+    except BenchError as exc:
+        print(f"\nFAILED: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("\ninterrupted", file=sys.stderr)
+        return 130
+    return 0
+
+
+def chosen_sections(parser: Any, only: str, sections: Sequence[str]) -> list[str]:
+    """``--only a,b`` as a list, refusing names that are not sections."""
+    chosen = [s.strip() for s in only.split(",") if s.strip()]
+    unknown = set(chosen) - set(sections)
+    if unknown:
+        parser.error(f"unknown section(s) {', '.join(sorted(unknown))}")
+    return chosen

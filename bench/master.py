@@ -31,15 +31,14 @@ from harness import (
     MasterRun,
     Result,
     Session,
+    chosen_sections,
     deployment,
     distribution,
     fmt_ms,
-    machine_info,
     median,
     pool_events,
-    session,
+    run_main,
     wait_for,
-    write_json,
 )
 from supervisedtasks import COLLECTED_KEY, COUNT_KEY, FIRST_KEY, app
 
@@ -540,12 +539,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     group.add_argument("--freeze-case", action=argparse.BooleanOptionalAction, default=True,
                        help="also measure preload with gc.freeze() in the app (on)")
     opts = parser.parse_args(argv)
-    opts.only = [s.strip() for s in opts.only.split(",") if s.strip()]
+    opts.only = chosen_sections(parser, opts.only, SECTIONS)
     opts.spacing = [float(s) for s in opts.spacing.split(",")]
     opts.scaling_children = [int(c) for c in opts.scaling_children.split(",")]
-    unknown = set(opts.only) - set(SECTIONS)
-    if unknown:
-        parser.error(f"unknown section(s) {', '.join(sorted(unknown))}")
     return opts
 
 
@@ -576,25 +572,8 @@ def run_sections(sess: Session, opts: argparse.Namespace) -> Result:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    opts = parse_args(argv)
-    try:
-        with session("bananas-master-bench-", opts.redis_server, opts.keep_workdir) as sess:
-            app.configure(redis_url=sess.url, namespace=NAMESPACE)
-            info = machine_info(sess.admin())
-            print("bananas-prefork supervisor benchmark: redis %(redis_version)s, Python "
-                  "%(python)s, %(cpus)s CPUs, load %(load_avg_at_start)s" % info, flush=True)
-            results = run_sections(sess, opts)
-            if opts.json:
-                write_json(opts.json, {"machine": info, "argv": sys.argv,
-                                       "options": {k: v for k, v in vars(opts).items()
-                                                   if k != "json"}, "results": results})
-    except BenchError as exc:
-        print(f"\nFAILED: {exc}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        print("\ninterrupted", file=sys.stderr)
-        return 130
-    return 0
+    return run_main("supervisor", "bananas-master-bench-", NAMESPACE, parse_args(argv), app,
+                    run_sections)
 
 
 if __name__ == "__main__":

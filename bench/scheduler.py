@@ -36,13 +36,12 @@ from harness import (
     MasterRun,
     Result,
     Session,
+    chosen_sections,
     deployment,
     distribution,
-    machine_info,
     median,
-    session,
+    run_main,
     wait_for,
-    write_json,
 )
 from supervisedtasks import STARTED_KEY, app
 
@@ -333,17 +332,14 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                        help="their delay at enqueue, s (2.0)")
     group.add_argument("--batch", default="1000,250",
                        help="Scheduler batch size(s), comma-separated (1000,250; the "
-                            "library's default is 1000)")
+                            "library's default is 500)")
     group.add_argument("--promote-repeat", type=int, default=3, help="repeats per batch (3)")
     group.add_argument("--slowlog-threshold-us", type=int, default=50,
                        help="slowlog-log-slower-than during promotion, us (50)")
     opts = parser.parse_args(argv)
-    opts.only = [s.strip() for s in opts.only.split(",") if s.strip()]
+    opts.only = chosen_sections(parser, opts.only, SECTIONS)
     opts.intervals = [s.strip() for s in opts.intervals.split(",") if s.strip()]
     opts.batch = [int(b) for b in opts.batch.split(",")]
-    unknown = set(opts.only) - set(SECTIONS)
-    if unknown:
-        parser.error(f"unknown section(s) {', '.join(sorted(unknown))}")
     return opts
 
 
@@ -370,25 +366,8 @@ def run_sections(sess: Session, opts: argparse.Namespace) -> Result:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    opts = parse_args(argv)
-    try:
-        with session("bananas-sched-bench-", opts.redis_server, opts.keep_workdir) as sess:
-            app.configure(redis_url=sess.url, namespace=NAMESPACE)
-            info = machine_info(sess.admin())
-            print("bananas-prefork scheduler benchmark: redis %(redis_version)s, Python "
-                  "%(python)s, %(cpus)s CPUs, load %(load_avg_at_start)s" % info, flush=True)
-            results = run_sections(sess, opts)
-            if opts.json:
-                write_json(opts.json, {"machine": info, "argv": sys.argv,
-                                       "options": {k: v for k, v in vars(opts).items()
-                                                   if k != "json"}, "results": results})
-    except BenchError as exc:
-        print(f"\nFAILED: {exc}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        print("\ninterrupted", file=sys.stderr)
-        return 130
-    return 0
+    return run_main("scheduler", "bananas-sched-bench-", NAMESPACE, parse_args(argv), app,
+                    run_sections)
 
 
 if __name__ == "__main__":
