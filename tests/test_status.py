@@ -175,9 +175,11 @@ def test_metrics_over_http(masters: MasterFactory, app: App) -> None:
         text = body.decode()
         samples = {(s.name, tuple(sorted(s.labels.items()))): s.value
                    for family in text_string_to_metric_families(text) for s in family.samples}
-        return (text, samples) if samples.get(succeeded) == 7 else None
+        settled = samples.get(succeeded) == 7 and samples.get(("bananas_scheduler_leader", ()))
+        return (text, samples) if settled else None
 
-    body, samples = wait_until(scrape, timeout=5, interval=0.2)  # counts are 1-2 s behind
+    # children report once a second and the master publishes once a second
+    body, samples = wait_until(scrape, timeout=10, interval=0.2)
     assert samples[("bananas_job_duration_seconds_count", (("job_type", "record"),
                                                            ("pool", "default")))] == 7
     assert samples[("bananas_jobs_scheduled", ())] >= 1
