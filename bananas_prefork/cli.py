@@ -354,6 +354,52 @@ def demo(
     raise typer.Exit(DemoRunner(rate, duration, config).run())
 
 
+periodic_cli = typer.Typer(no_args_is_help=True, help="The periodic schedule in Redis.")
+cli.add_typer(periodic_cli, name="periodic")
+
+
+@periodic_cli.command("list")
+def periodic_list(
+    redis_url: RedisOpt = None,
+    namespace: NamespaceOpt = None,
+    config: ConfigOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Every registered entry: schedule, next tick, which masters declare it."""
+    from . import periodic
+
+    entries = periodic.listing(_broker_or_fail(_client_app(redis_url, namespace, config)))
+    if as_json:
+        typer.echo(json.dumps(entries, indent=2))
+        return
+    for entry in entries:
+        when = entry["cron"] or f"every {entry['every']:g}s"
+        tick = entry["next_tick"]
+        next_at = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(tick)) \
+            if isinstance(tick, float) else "-"
+        flag = "  CONFLICT: declared differently" if entry["conflict"] else ""
+        typer.echo(f"{entry['name']}: {entry['task']} ({entry['priority']}) {when}, next "
+                   f"{next_at}, declared by {', '.join(entry['declared_by']) or 'nobody'}"
+                   f"{flag}")
+    if not entries:
+        typer.echo("no periodic entries")
+
+
+@periodic_cli.command("remove")
+def periodic_remove(
+    name: Annotated[str, typer.Argument(help="Entry name.")],
+    redis_url: RedisOpt = None,
+    namespace: NamespaceOpt = None,
+    config: ConfigOpt = None,
+) -> None:
+    """Take an entry out of the schedule (masters that still declare it add it back)."""
+    from . import periodic
+
+    if not periodic.remove(_broker_or_fail(_client_app(redis_url, namespace, config)), name):
+        fail(f"no periodic entry {name!r}", 1)
+    typer.echo(f"removed periodic entry {name!r}")
+
+
 def main() -> None:
     """Console-script entry point."""
     try:

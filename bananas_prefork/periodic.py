@@ -21,7 +21,7 @@ import time
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, cast
+from typing import TYPE_CHECKING, Any, cast
 
 from croniter import croniter
 
@@ -144,6 +144,44 @@ def conflicts(broker: Broker) -> dict[str, list[str]]:
         by_name.setdefault(name, {}).setdefault(text, []).append(node)
     return {name: sorted(n for nodes in versions.values() for n in nodes)
             for name, versions in by_name.items() if len(versions) > 1}
+
+
+def listing(broker: Broker) -> list[dict[str, Any]]:
+    """Every registered entry with its next tick and the nodes that declare it."""
+    keys = broker.keys
+    definitions = broker.fields(keys.periodic)
+    next_ticks = dict(broker.scored(keys.periodic_next))
+    declared_by: dict[str, list[str]] = {}
+    for source in broker.fields(keys.periodic_sources):
+        name, _, node = source.rpartition("|")
+        declared_by.setdefault(name, []).append(node)
+    clashing = conflicts(broker)
+    out: list[dict[str, Any]] = []
+    for name in sorted(definitions):
+        entry = Entry.from_json(definitions[name])
+        tick = next_ticks.get(name)
+        out.append({"name": name, "task": entry.task, "cron": entry.cron, "every": entry.every,
+                    "priority": entry.priority, "catch_up": entry.catch_up,
+                    "next_tick": tick / 1000 if tick is not None else None,
+                    "declared_by": sorted(declared_by.get(name, [])),
+                    "conflict": name in clashing})
+    return out
+
+
+def remove(broker: Broker, name: str) -> bool:
+    """Take an entry out of the schedule (a deployment that no longer runs declared it).
+
+    A master that still declares it registers it again when it starts or reloads.
+    """
+    keys = broker.keys
+    sources = [s for s in broker.fields(keys.periodic_sources) if s.rpartition("|")[0] == name]
+    with broker.client.pipeline(transaction=True) as pipe:
+        pipe.hdel(keys.periodic, name)
+        pipe.zrem(keys.periodic_next, name)
+        if sources:
+            pipe.hdel(keys.periodic_sources, *sources)
+        removed = pipe.execute()[0]
+    return bool(removed)
 
 
 def forget_node(broker: Broker, node: str) -> None:

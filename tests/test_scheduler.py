@@ -252,3 +252,31 @@ def test_periodic_every_second_across_two_masters_with_a_leader_kill(
     seen = ticks()
     assert len(seen) >= 8
     assert len(seen) == len(set(seen)), "a tick ran twice"
+
+
+def test_periodic_list_and_remove_commands(app: App, tmp_path: object) -> None:
+    import json
+    import subprocess
+    import sys
+
+    from tests.masters import ROOT
+
+    register(app.broker, [entry("nightly", cron="0 3 * * *", every=None)], node="vm1:1")
+    register(app.broker, [entry("nightly", cron="0 4 * * *", every=None)], node="vm2:2")
+
+    def cli(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "bananas_prefork", "periodic", *args,
+                               "--redis", app.redis_url, "--namespace", app.namespace],
+                              cwd=ROOT, capture_output=True, text=True, timeout=30)
+
+    listed = cli("list")
+    assert listed.returncode == 0 and "nightly: record" in listed.stdout
+    assert "vm1:1, vm2:2" in listed.stdout and "CONFLICT" in listed.stdout
+    (shown,) = json.loads(cli("list", "--json").stdout)
+    assert shown["cron"] == "0 4 * * *" and shown["next_tick"] > time.time()
+    assert cli("remove", "nightly").returncode == 0
+    assert app.broker.fields(app.broker.keys.periodic) == {}
+    assert app.broker.fields(app.broker.keys.periodic_sources) == {}
+    assert app.broker.lowest(app.broker.keys.periodic_next) is None
+    gone = cli("remove", "nightly")
+    assert gone.returncode == 1 and "no periodic entry" in gone.stderr
