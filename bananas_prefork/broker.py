@@ -270,42 +270,48 @@ class Broker:
         fields = cast(dict[str, str], self.client.hgetall(self.keys.job(job_id)))
         return JobInfo.from_hash(job_id, fields) if fields else None
 
+    def _queue_pairs(self) -> list[tuple[str, str]]:
+        """Every (priority, job type) ever enqueued, from the ``queues`` set."""
+        pairs = []
+        for pair in self.members(self.keys.queues):
+            priority, job_type = pair.split(":", 1)
+            pairs.append((priority, job_type))
+        return pairs
+
     def queue_depths(self) -> dict[str, dict[str, int]]:
         """Ready jobs per priority and job type, including types nobody serves."""
-        pairs = self.members(self.keys.queues)
-        depths: dict[str, dict[str, int]] = {p: {} for p in PRIORITIES}
-        if not pairs:
-            return depths
+        pairs = self._queue_pairs()
         with self.client.pipeline(transaction=False) as pipe:
-            for pair in pairs:
-                priority, job_type = pair.split(":", 1)
+            for priority, job_type in pairs:
                 pipe.llen(self.keys.ready(priority, job_type))
             lengths = pipe.execute()
-        for pair, length in zip(pairs, lengths, strict=True):
-            priority, job_type = pair.split(":", 1)
+        depths: dict[str, dict[str, int]] = {p: {} for p in PRIORITIES}
+        for (priority, job_type), length in zip(pairs, lengths, strict=True):
             depths.setdefault(priority, {})[job_type] = int(length)
         return depths
 
-    def oldest_ages(self) -> dict[str, dict[str, float]]:
-        """Age in seconds of the head job of every non-empty ready list."""
-        pairs = self.members(self.keys.queues)
+    def queue_report(self) -> tuple[dict[str, dict[str, int]], dict[str, dict[str, float]]]:
+        """Depths (as queue_depths) and the age in seconds of each non-empty queue's head."""
+        pairs = self._queue_pairs()
         with self.client.pipeline(transaction=False) as pipe:
-            for pair in pairs:
-                priority, job_type = pair.split(":", 1)
+            for priority, job_type in pairs:
+                pipe.llen(self.keys.ready(priority, job_type))
                 pipe.lindex(self.keys.ready(priority, job_type), 0)
             pipe.time()
-            *heads, (sec, usec) = pipe.execute()
-        now = sec + usec / 1e6
+            *replies, (sec, usec) = pipe.execute()
+        lengths, heads = replies[0::2], replies[1::2]
         with self.client.pipeline(transaction=False) as pipe:
             for head in heads:
                 pipe.hget(self.keys.job(head or "-"), "enqueued_at")
             enqueued = pipe.execute()
+        now = sec + usec / 1e6
+        depths: dict[str, dict[str, int]] = {p: {} for p in PRIORITIES}
         ages: dict[str, dict[str, float]] = {}
-        for pair, head, at in zip(pairs, heads, enqueued, strict=True):
-            if head and at:
-                priority, job_type = pair.split(":", 1)
+        for (priority, job_type), length, at in zip(pairs, lengths, enqueued, strict=True):
+            depths.setdefault(priority, {})[job_type] = int(length)
+            if at:
                 ages.setdefault(priority, {})[job_type] = max(0.0, now - float(at))
-        return ages
+        return depths, ages
 
     def counts(self) -> dict[str, int]:
         """Scheduled, dead and in-flight job counts."""

@@ -213,10 +213,6 @@ class Deployment:
     def pool(self, name: str) -> PoolConfig:
         return next(p for p in self.pools if p.name == name)
 
-    @property
-    def runs_scheduler(self) -> bool:
-        return self.scheduler.enabled
-
 
 TABLES = {"scheduler": SchedulerConfig, "alerts": AlertsConfig}
 

@@ -31,8 +31,6 @@ FAILED = "failed"
 DEAD = "dead"
 STATES = (SCHEDULED, QUEUED, RUNNING, SUCCEEDED, FAILED, DEAD)
 
-OPTION_NAMES = ("max_retries", "timeout", "retry_backoff", "retry_backoff_max")
-
 
 # One encoder for every call: json.dumps with options builds a new one each time.
 _ENCODER = json.JSONEncoder(separators=(",", ":"), allow_nan=False, ensure_ascii=False)

@@ -106,10 +106,6 @@ class Keys:
         """Sorted set: periodic entry name -> next tick time."""
         return self._key("periodic", "next")
 
-    def periodic_tick(self, name: str, tick: float) -> str:
-        """String with a TTL: set once a tick of an entry is enqueued."""
-        return self._key("periodic", "tick", name, "%d" % tick)
-
     @property
     def periodic_sources(self) -> str:
         """Hash: ``entry name|node`` -> the definition that node declares."""

@@ -282,13 +282,16 @@ class Master:
             owners = self.broker.members(self.broker.keys.owners)
         except redis.RedisError:
             return
-        for owner in owners:
+        for owner in owners:  # host:master-pid:pid:nonce
             host, _, rest = owner.partition(":")
-            master_pid = int(rest.split(":", 1)[0]) if rest[:1].isdigit() else 0
-            if host == self.host and master_pid not in (0, self.pid) and \
-                    not _pid_alive(master_pid):
+            if self._dead_master_here(host, rest.split(":", 1)[0]):
                 self.workforce.recover(owner, lost_run=True,
                                        reason="worker lost: its master died")
+
+    def _dead_master_here(self, host: str, pid: str = "") -> bool:
+        """An earlier master on this machine whose process is gone."""
+        return host == self.host and pid.isdigit() and int(pid) not in (0, self.pid) and \
+            not _pid_alive(int(pid))
 
     def _register_periodic(self) -> None:
         """Declare this deployment's periodic entries in the shared schedule."""
@@ -296,10 +299,8 @@ class Master:
         node = leader_identity(self.pid)
         try:
             for source in self.broker.fields(self.broker.keys.periodic_sources):
-                other = source.rpartition("|")[2]
-                host, _, pid = other.rpartition(":")
-                if host == self.host and pid.isdigit() and int(pid) != self.pid and \
-                        not _pid_alive(int(pid)):
+                other = source.rpartition("|")[2]  # host:pid
+                if self._dead_master_here(*other.rsplit(":", 1)):
                     periodic.forget_node(self.broker, other)
             periodic.register(self.broker, periodic.entries_for(self.deployment.periodic,
                                                                 self.app), node)

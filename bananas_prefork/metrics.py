@@ -95,9 +95,10 @@ class BananasCollector(Collector):
             now = time.monotonic()
             if self._cluster is None or now - self._cluster[0] > CLUSTER_CACHE:
                 lowest = self.broker.lowest(self.broker.keys.scheduled)
+                depths, ages = self.broker.queue_report()
                 self._cluster = (now, {
-                    "depths": self.broker.queue_depths(),
-                    "ages": self.broker.oldest_ages(),
+                    "depths": depths,
+                    "ages": ages,
                     "counts": self.broker.counts(),
                     "first_due": lowest[1] if lowest else None,
                     "leader": self.broker.lock_holder()[0],

@@ -102,7 +102,6 @@ class Pool:
         self.restarts = 0
         self.last_error: str | None = None
         self.next_spawn_at = 0.0
-        self.created_at = time.monotonic()
         self.stats: dict[str, TypeStats] = {}
         self.retired_done = 0
         self.retired_failed = 0

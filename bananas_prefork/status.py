@@ -18,8 +18,6 @@ import time
 from dataclasses import dataclass
 from typing import Any, cast
 
-import redis
-
 from .broker import Broker
 from .config import AlertsConfig
 from .keys import PRIORITIES
@@ -109,14 +107,15 @@ def gather(broker: Broker, alerts: AlertsConfig | None = None) -> dict[str, Any]
     nodes.sort(key=lambda n: (n.get("host", ""), n.get("pid", 0)))
     token, remaining = broker.lock_holder()
     counts = broker.counts()
+    depths, ages = broker.queue_report()
     from .periodic import conflicts
 
     result: dict[str, Any] = {
         "time": now,
         "namespace": broker.keys.namespace,
         "nodes": nodes,
-        "queues": broker.queue_depths(),
-        "oldest": broker.oldest_ages(),
+        "queues": depths,
+        "oldest": ages,
         "scheduled": counts["scheduled"],
         "dead": counts["dead"],
         "in_flight": counts["in_flight"],
@@ -222,9 +221,3 @@ def _node_alerts(node: dict[str, Any], now: float, thresholds: AlertsConfig) -> 
                                                f"{now - busy_since:.0f}s", "warning"))
     return alerts
 
-
-def reachable(broker: Broker) -> bool:
-    try:
-        return broker.ping()
-    except redis.RedisError:
-        return False

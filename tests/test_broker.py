@@ -248,5 +248,6 @@ def test_counts_and_ages(app: App) -> None:
     app.enqueue("fetch_data", priority="low")
     counts = app.broker.counts()
     assert counts == {"scheduled": 1, "dead": 0, "in_flight": 1}
-    ages = app.broker.oldest_ages()
+    depths, ages = app.broker.queue_report()
+    assert depths == {"high": {}, "normal": {"send_email": 0}, "low": {"fetch_data": 1}}
     assert set(ages) == {"low"} and 0 <= ages["low"]["fetch_data"] < 5
