@@ -218,12 +218,11 @@ def status(
     """The whole cluster from Redis: nodes, pools, children, queues, scheduler, alerts."""
     from rich.console import Console
 
-    from .config import AlertsConfig
     from .status import gather
     from .status_view import render
     from .status_view import watch as watch_live
 
-    alerts = load_deployment(file).alerts if file else AlertsConfig()
+    alerts = load_deployment(file).alerts if file else None  # None: what the masters run
     broker = _broker_or_fail(_client_app(redis_url, namespace, file))
     try:
         if watch and not as_json:

@@ -418,6 +418,7 @@ class Master:
             "scheduler": {"enabled": self.deployment.scheduler.enabled, "pid": scheduler_pid,
                           "leading": bool(self.workforce.scheduler_state.get("leading"))},
             "pools": pools,
+            "alerts": dataclasses.asdict(self.deployment.alerts),
         }
 
     # -- reloads -------------------------------------------------------------------------------

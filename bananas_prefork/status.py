@@ -7,12 +7,18 @@ expires. ``gather`` reads only Redis, so status works from any machine.
 
 Alerts that must hold for a while ("high-priority depth above 100 for two
 minutes") need memory: masters record since when a queue condition holds in
-one hash (first observer wins, any observer clears), and pools publish since
-when they are saturated; ``alerts`` compares those with the thresholds.
+one hash, and pools publish since when they are saturated; ``evaluate``
+compares those with the thresholds. A queue condition is named with its
+threshold (``depth>1000:normal:send_email``), so masters started with
+different ``[alerts]`` tables time their own conditions without clearing each
+other's; each entry also says when it was last seen holding, and an entry
+nobody has confirmed lately counts for nothing. Every master publishes its
+thresholds, so ``status`` without a file judges with the ones the cluster runs.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 from dataclasses import dataclass
@@ -27,6 +33,7 @@ NODE_TTL_MAX = 86400  # index entries older than any node key can live are prune
 LOST_AFTER = 5.0
 NO_LIVE_CHILD_GRACE = 10.0
 QUEUE_CHECK_INTERVAL = 5.0
+CONDITION_STALE_AFTER = 3 * QUEUE_CHECK_INTERVAL
 
 
 def node_id(host: str, pid: int) -> str:
@@ -68,20 +75,48 @@ class Publisher:
             pipe.execute()
 
     def track_queue_conditions(self) -> None:
+        """Record since when each of this master's queue conditions holds; clear the rest."""
         depths = self.broker.queue_depths()
-        holding = {f"depth:{p}:{t}" for p, types in depths.items() for t, n in types.items()
-                   if n > self.alerts.depth}
-        if sum(depths.get("high", {}).values()) > self.alerts.high_depth:
-            holding.add("high_depth")
+        thresholds = self.alerts
+        holding = {depth_condition(thresholds, p, t) for p, types in depths.items()
+                   for t, n in types.items() if n > thresholds.depth}
+        if sum(depths.get("high", {}).values()) > thresholds.high_depth:
+            holding.add(high_depth_condition(thresholds))
         key = self.broker.keys.alerts_since
-        known = set(self.broker.fields(key))
+        known = {name: observed(value) for name, value in self.broker.fields(key).items()}
         now = time.time()
         with self.broker.client.pipeline(transaction=False) as pipe:
-            for condition in holding - known:
-                pipe.hsetnx(key, condition, now)
-            for condition in known - holding:
-                pipe.hdel(key, condition)
+            for condition in holding:
+                since, last_seen = known.get(condition, (now, now))
+                if now - last_seen > CONDITION_STALE_AFTER:
+                    since = now  # nobody watched it for a while: start again
+                pipe.hset(key, condition, f"{since}|{now}")
+            for condition, (_, last_seen) in known.items():
+                if condition in holding:
+                    continue
+                if is_own(condition, thresholds) or now - last_seen > NODE_TTL:
+                    pipe.hdel(key, condition)
             pipe.execute()
+
+
+def high_depth_condition(thresholds: AlertsConfig) -> str:
+    return f"high_depth>{thresholds.high_depth}"
+
+
+def depth_condition(thresholds: AlertsConfig, priority: str, job_type: str) -> str:
+    return f"depth>{thresholds.depth}:{priority}:{job_type}"
+
+
+def is_own(condition: str, thresholds: AlertsConfig) -> bool:
+    """Whether a master with these thresholds is the one to clear this condition."""
+    return (condition == high_depth_condition(thresholds)
+            or condition.startswith(f"depth>{thresholds.depth}:"))
+
+
+def observed(value: str) -> tuple[float, float]:
+    """(since, last seen) of a condition entry."""
+    since, _, last_seen = value.partition("|")
+    return float(since), float(last_seen or since)
 
 
 # -- reading (status) ---------------------------------------------------------------------
@@ -127,9 +162,27 @@ def gather(broker: Broker, alerts: AlertsConfig | None = None) -> dict[str, Any]
                      "conflicts": conflicts(broker)},
     }
     result["served_by"] = served_by(result)
-    since = {k: float(v) for k, v in broker.fields(keys.alerts_since).items()}
-    result["alerts"] = [a.as_dict() for a in evaluate(result, since, alerts or AlertsConfig())]
+    thresholds, source = (alerts, "file") if alerts else cluster_thresholds(nodes)
+    result["alert_thresholds"] = {"source": source, **dataclasses.asdict(thresholds)}
+    since = {}
+    for condition, value in broker.fields(keys.alerts_since).items():
+        started, last_seen = observed(value)
+        if now - last_seen <= CONDITION_STALE_AFTER:
+            since[condition] = started
+    result["alerts"] = [a.as_dict() for a in evaluate(result, since, thresholds)]
     return result
+
+
+def cluster_thresholds(nodes: list[dict[str, Any]]) -> tuple[AlertsConfig, str]:
+    """The alert thresholds the live masters run with; where they differ, the most sensitive."""
+    names = [f.name for f in dataclasses.fields(AlertsConfig)]
+    published = [node["alerts"] for node in nodes
+                 if node.get("state") != "lost" and isinstance(node.get("alerts"), dict)]
+    if not published:
+        return AlertsConfig(), "defaults"
+    lowest = {name: min(p.get(name, getattr(AlertsConfig, name)) for p in published)
+              for name in names}
+    return AlertsConfig(**lowest), "nodes"
 
 
 def _serves(pool: dict[str, Any], priority: str, job_type: str) -> bool:
@@ -173,12 +226,13 @@ def evaluate(status: dict[str, Any], since: dict[str, float],
         return condition in since and now - since[condition] >= for_seconds
 
     high = sum(status["queues"].get("high", {}).values())
-    if high > thresholds.high_depth and held("high_depth", thresholds.high_depth_for):
+    if high > thresholds.high_depth and held(high_depth_condition(thresholds),
+                                             thresholds.high_depth_for):
         alerts.append(Alert("high_depth", f"{high} high-priority jobs waiting for over "
                                           f"{thresholds.high_depth_for:g}s"))
     for priority in PRIORITIES:
         for job_type, depth in status["queues"].get(priority, {}).items():
-            if depth > thresholds.depth and held(f"depth:{priority}:{job_type}",
+            if depth > thresholds.depth and held(depth_condition(thresholds, priority, job_type),
                                                  thresholds.depth_for):
                 alerts.append(Alert("queue_depth", f"{priority}/{job_type}: {depth} jobs "
                                                    f"waiting for over {thresholds.depth_for:g}s"))

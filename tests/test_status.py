@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import signal
@@ -20,7 +21,7 @@ from rich.console import Console
 from bananas_prefork import App
 from bananas_prefork.config import AlertsConfig
 from bananas_prefork.embedded import free_port
-from bananas_prefork.status import evaluate, gather
+from bananas_prefork.status import Publisher, evaluate, gather
 from bananas_prefork.status_view import render
 from tests.helpers import wait_until
 from tests.masters import ROOT, MasterFactory, toml
@@ -274,10 +275,11 @@ def test_depth_alerts_fire_only_after_their_duration() -> None:
     status = figures(queues={"high": {"send_email": 150}, "normal": {"x": 2000}, "low": {}},
                      served_by={"high": {"send_email": ["a"]}, "normal": {"x": ["a"]}})
     config = AlertsConfig()
-    assert names(evaluate(status, {"high_depth": 9_950.0, "depth:normal:x": 9_950.0},
+    assert names(evaluate(status, {"high_depth>100": 9_950.0, "depth>1000:normal:x": 9_950.0},
                           config)) == []
-    assert names(evaluate(status, {"high_depth": 9_800.0, "depth:normal:x": 9_600.0},
+    assert names(evaluate(status, {"high_depth>100": 9_800.0, "depth>1000:normal:x": 9_600.0},
                           config)) == ["high_depth", "queue_depth"]
+    assert names(evaluate(status, {"high_depth>50": 9_800.0}, config)) == []  # not ours
 
 
 def test_pool_and_node_alerts() -> None:
@@ -308,6 +310,48 @@ def test_status_reads_alert_thresholds_from_the_file(tmp_path: Path, rclient: re
     app = App(redis_url, namespace=namespace)
     for _ in range(3):
         app.enqueue("send_email", priority="high")
-    rclient.hset(app.broker.keys.alerts_since, "high_depth", time.time() - 1)
+    rclient.hset(app.broker.keys.alerts_since, "high_depth>2", f"{time.time() - 1}|{time.time()}")
     data = json.loads(cli("status", str(path), "--json", cwd=tmp_path).stdout)
     assert "high_depth" in [a["name"] for a in data["alerts"]]
+
+
+def test_masters_time_their_own_conditions_and_status_uses_their_thresholds(app: App) -> None:
+    """Two masters with different [alerts] tables: neither clears the other's condition,
+    and status without a file judges with the most sensitive thresholds they publish."""
+    eager = AlertsConfig(high_depth=2, high_depth_for=0.0)
+    relaxed = AlertsConfig()
+    publishers = [Publisher(app.broker, name, config)
+                  for name, config in (("vm:1", eager), ("vm:2", relaxed))]
+    for _ in range(3):
+        app.enqueue("send_email", priority="high")
+    assert names_of(gather(app.broker)) == []  # no master yet: default thresholds
+    for publisher in publishers:
+        publisher.publish({"host": publisher.node.split(":")[0], "pid": 1, "pools": [],
+                           "state": "running", "updated_at": time.time(),
+                           "alerts": dataclasses.asdict(publisher.alerts)})
+    assert set(app.broker.fields(app.broker.keys.alerts_since)) == {"high_depth>2"}
+    data = gather(app.broker)
+    assert data["alert_thresholds"]["source"] == "nodes"
+    assert data["alert_thresholds"]["high_depth"] == 2
+    assert data["alert_thresholds"]["depth"] == 1000
+    assert names_of(data) == ["high_depth"]
+    assert names_of(gather(app.broker, relaxed)) == []  # a file's thresholds win
+
+    # an entry nobody confirmed lately counts for nothing, and restarts when seen again
+    long_ago = time.time() - 600
+    app.broker.client.hset(app.broker.keys.alerts_since, "high_depth>2",
+                           f"{long_ago}|{long_ago}")
+    assert names_of(gather(app.broker)) == []
+    publishers[0].track_queue_conditions()
+    since = float(app.broker.fields(app.broker.keys.alerts_since)["high_depth>2"].split("|")[0])
+    assert since > time.time() - 5
+    # drained: the master that owns the condition clears it
+    app.broker.client.delete(app.broker.keys.ready("high", "send_email"))
+    app.broker.client.delete(app.broker.keys.heads("high"))
+    publishers[0].track_queue_conditions()
+    assert app.broker.fields(app.broker.keys.alerts_since) == {}
+
+
+def names_of(data: dict[str, Any]) -> list[str]:
+    """The depth alerts that fire (these masters are stand-ins: no pools, no scheduler)."""
+    return [a["name"] for a in data["alerts"] if a["name"] in ("high_depth", "queue_depth")]
