@@ -41,6 +41,7 @@ log = logging.getLogger(__name__)
 
 MAX_TRACEBACK = 20_000
 RECONNECT_BACKOFF_CAP = 5.0
+HEARTBEAT_JOIN_TIMEOUT = 5.0  # a heartbeat stuck in a Redis call is abandoned (daemon thread)
 
 
 def owner_id(master_pid: int, pid: int, nonce: str) -> str:
@@ -106,6 +107,7 @@ class Consumer:
         self._stopping = threading.Event()
         self._stopped = threading.Event()
         self._workers: list[threading.Thread] = []
+        self._heartbeat: threading.Thread | None = None
         self._wake_keys = [*self.broker.wake_keys(self.priorities, self.job_types),
                            self.broker.keys.control(self.owner)]
 
@@ -119,7 +121,9 @@ class Consumer:
             worker.start()
             self._workers.append(worker)
         if self.heartbeat:
-            threading.Thread(target=self._beat, daemon=True, name="bananas-heartbeat").start()
+            self._heartbeat = threading.Thread(target=self._beat, daemon=True,
+                                               name="bananas-heartbeat")
+            self._heartbeat.start()
         log.info("consumer %s started: %d thread(s), priorities %s, job types %s", self.owner,
                  self.threads, ",".join(self.priorities), ",".join(self.job_types))
 
@@ -133,8 +137,7 @@ class Consumer:
         for worker in self._workers:
             worker.join(None if deadline is None else max(0.0, deadline - time.monotonic()))
         finished = not any(worker.is_alive() for worker in self._workers)
-        self.release()  # unfinished jobs go back unharmed: stopping is not their fault
-        self._stopped.set()
+        self._finish()  # unfinished jobs go back unharmed: stopping is not their fault
         return finished
 
     def request_stop(self) -> None:
@@ -166,7 +169,14 @@ class Consumer:
             while worker.is_alive():
                 worker.join(0.5)
         if not self._stopped.is_set():
-            self.release()
+            self._finish()
+
+    def _finish(self) -> None:
+        """End the heartbeat first, so that no renewal can revive the owner after the release."""
+        self._stopped.set()
+        if self._heartbeat is not None:
+            self._heartbeat.join(HEARTBEAT_JOIN_TIMEOUT)
+        self.release()
 
     @property
     def stopping(self) -> bool:

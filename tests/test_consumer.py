@@ -226,16 +226,21 @@ def test_stop_is_prompt_for_idle_threads(app: App) -> None:
     assert time.monotonic() - began < 1.0
 
 
-def test_max_jobs_ends_the_consumer(app: App) -> None:
+def test_max_jobs_ends_the_consumer(app: App, rclient: redis.Redis) -> None:
     @app.task(name="noop")
     def noop() -> None: ...
 
     ids = [noop.enqueue() for _ in range(10)]
+    app.broker.owner_ttl = 1.5  # the heartbeat beats every 0.5 s
     consumer = Consumer(app, threads=2, max_jobs=4)
     consumer.run()
     done = [i for i in ids if state(app, i) == "succeeded"]
     assert len(done) == 4 and consumer.jobs_done == 4
     assert app.queue_depths()["normal"]["noop"] == 6
+    time.sleep(1.2)  # an orphaned heartbeat would have revived the owner by now
+    keys = Keys(app.namespace)
+    assert not rclient.exists(keys.owner(consumer.owner))
+    assert not rclient.sismember(keys.owners, consumer.owner)
 
 
 def test_survives_dropped_connections_without_losing_or_repeating(

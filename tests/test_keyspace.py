@@ -18,6 +18,7 @@ import redis
 from redis.crc import key_slot
 
 from bananas_prefork import App
+from bananas_prefork.embedded import RedisServer
 from tests.apps.recorder import runs_key
 from tests.helpers import wait_until
 from tests.masters import ROOT, MasterFactory, toml
@@ -33,9 +34,22 @@ concurrency = 2
 """
 
 
-def test_every_key_is_in_the_namespace_slot(masters: MasterFactory, app: App,
-                                            rclient: redis.Redis, tmp_path: Path,
-                                            redis_url: str, namespace: str) -> None:
+def test_every_key_is_in_the_namespace_slot(private_redis: RedisServer, tmp_path: Path,
+                                            namespace: str) -> None:
+    redis_url = private_redis.url  # a server of its own: nothing else writes there
+    app = App(redis_url, namespace=namespace)
+    rclient = redis.Redis.from_url(redis_url, decode_responses=True)
+    masters = MasterFactory(tmp_path, redis_url, namespace)
+    try:
+        exercise(masters, app, rclient, tmp_path, redis_url, namespace)
+    finally:
+        for master in masters.started:
+            master.stop()
+        rclient.close()
+
+
+def exercise(masters: MasterFactory, app: App, rclient: redis.Redis, tmp_path: Path,
+             redis_url: str, namespace: str) -> None:
     masters(toml(EVERYTHING))
     done = app.enqueue_many([("record", [n]) for n in range(5)])
     later = app.enqueue("urgent", delay=0.3)
