@@ -15,10 +15,11 @@ from functools import cached_property
 from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar
 
 from . import job as jobs
-from .broker import Broker, NewJob, connect
+from .broker import Broker, NewJob, connect, redis_url_problem
 from .durations import parse_duration
+from .embedded import EMBEDDED
 from .job import JobInfo
-from .keys import PRIORITIES
+from .keys import PRIORITIES, namespace_problem
 
 if TYPE_CHECKING:
     from .config import PeriodicConfig
@@ -39,12 +40,17 @@ def resolve_redis_url(explicit: str | None = None) -> str:
     ``"embedded"`` (anywhere in that chain) means the embedded server a master
     runs from this directory's ``.bananas`` (or ``$BANANAS_DATA_DIR``).
     """
-    from .embedded import EMBEDDED, default_url, embedded_url
+    from .embedded import default_url, embedded_url
 
-    for url in (explicit, os.environ.get("BANANAS_REDIS_URL"), os.environ.get("REDIS_URL")):
+    for source, url in (("redis_url", explicit),
+                        ("BANANAS_REDIS_URL", os.environ.get("BANANAS_REDIS_URL")),
+                        ("REDIS_URL", os.environ.get("REDIS_URL"))):
         if url == EMBEDDED:
             return embedded_url()
         if url:
+            problem = redis_url_problem(url)
+            if problem:
+                raise ValueError(f"{source}: {problem}")
             return url
     return default_url()
 
@@ -94,7 +100,11 @@ class App:
                  result_ttl: float = 3600, dead_ttl: float = 7 * 86400,
                  owner_ttl: float = 30.0, max_redeliveries: int = 3) -> None:
         self._redis_url = redis_url
+        if redis_url not in (None, EMBEDDED) and (problem := redis_url_problem(redis_url)):
+            raise ValueError(f"redis_url: {problem}")
         self.namespace = namespace or os.environ.get("BANANAS_NAMESPACE") or "bananas"
+        if problem := namespace_problem(self.namespace):
+            raise ValueError(problem)
         self.result_ttl = result_ttl
         self.dead_ttl = dead_ttl
         self.owner_ttl = owner_ttl

@@ -26,6 +26,17 @@ SUCCEEDED, RETRY, DEAD = "succeeded", "retry", "dead"
 LOST_OWNERSHIP = -1
 
 
+def redis_url_problem(url: str) -> str | None:
+    """What is wrong with a Redis URL, or None when it can be used (never echoes a password)."""
+    if not url.startswith(("redis://", "rediss://", "unix://")):
+        return 'must start with redis://, rediss:// or unix:// (or be "embedded")'
+    try:
+        redis.connection.parse_url(url)
+    except ValueError as exc:
+        return str(exc)
+    return None
+
+
 def connect(url: str, *, max_connections: int | None = None) -> redis.Redis:
     """A client that retries dropped connections with backoff and jitter.
 

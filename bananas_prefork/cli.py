@@ -146,9 +146,16 @@ def _client_app(redis_url: str | None, namespace: str | None, file: Path | None)
         url = running_url(deployment.data_dir)
     ns = namespace or (deployment.namespace if deployment else None)
     try:
-        return App(url if url != EMBEDDED else None, namespace=ns)
+        app = App(url if url != EMBEDDED else None, namespace=ns)
+        app.redis_url  # noqa: B018 - resolved now, so a bad URL in the environment is reported
     except ValueError as exc:
-        fail(exc, 2)
+        message = str(exc)
+        if redis_url and message.startswith("redis_url:"):
+            message = "--redis" + message.removeprefix("redis_url")
+        elif namespace and message.startswith("invalid namespace"):
+            message = f"--namespace: {message}"
+        fail(message, 2)
+    return app
 
 
 RedisOpt = Annotated[str | None, typer.Option("--redis", help="Redis URL.")]

@@ -20,7 +20,9 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from . import settings as s
-from .keys import PRIORITIES
+from .broker import redis_url_problem
+from .embedded import EMBEDDED
+from .keys import PRIORITIES, namespace_problem
 from .periodic import check_schedule
 from .settings import declared, setting
 
@@ -422,11 +424,27 @@ def _checked(deployment: Deployment, reader: _Reader) -> Deployment:
                            "scheduler-only and the scheduler is disabled")
     if deployment.alerts.utilization > 1:
         raise reader.error(("alerts", "utilization"), "is a share between 0 and 1")
-    if deployment.redis_url not in (None, "embedded") and not re.match(
-            r"^(redis|rediss|unix)://", deployment.redis_url or ""):
-        raise reader.error(("redis_url",), 'must start with redis://, rediss:// or unix:// '
-                           f'(or be "embedded"), got {deployment.redis_url!r}')
+    if deployment.redis_url not in (None, EMBEDDED) and (
+            problem := redis_url_problem(deployment.redis_url or "")):
+        raise reader.error(("redis_url",), problem)
+    if deployment.namespace is not None and (problem := namespace_problem(deployment.namespace)):
+        raise reader.error(("namespace",), problem)
+    _check_environment_fallbacks(deployment)
     return deployment
+
+
+def _check_environment_fallbacks(deployment: Deployment) -> None:
+    """What the environment supplies where the deployment is silent must be usable too."""
+    if deployment.redis_url is None:
+        for name in ("BANANAS_REDIS_URL", "REDIS_URL"):
+            url = os.environ.get(name)
+            if url:
+                if url != EMBEDDED and (problem := redis_url_problem(url)):
+                    raise ConfigError("environment", name, problem)
+                break
+    namespace = os.environ.get("BANANAS_NAMESPACE")
+    if deployment.namespace is None and namespace and (problem := namespace_problem(namespace)):
+        raise ConfigError("environment", "BANANAS_NAMESPACE", problem)
 
 
 # -- the environment path ---------------------------------------------------------------
@@ -442,13 +460,15 @@ def load_environment(environ: Mapping[str, str] | None = None,
         values.update({k: v for k, v in dotenv_values(dotenv).items() if v is not None})
     values.update(os.environ if environ is None else environ)
     reader = _Reader("environment")
+    used: dict[str, str] = {}  # setting -> the variable that gave it
 
     def raw_for(cls: type) -> dict[str, Any]:
         raw = {}
         for field in declared(cls):
             for name in _env_names(field):
-                if name in values:
+                if values.get(name):  # an empty variable counts as unset
                     raw[field.name] = values[name]
+                    used[field.name] = name
                     break
         return raw
 
@@ -456,14 +476,14 @@ def load_environment(environ: Mapping[str, str] | None = None,
         try:
             return reader.build(cls, raw_for(cls), (), **fixed)
         except ConfigError as exc:
-            raise _env_error(cls, exc) from None
+            raise _env_error(cls, exc, used) from None
 
     pool = build(PoolConfig)
-    pool = _env_checked(lambda: _checked_pool(pool, reader, ()), PoolConfig)
+    pool = _env_checked(lambda: _checked_pool(pool, reader, ()), PoolConfig, used)
     pool = dataclasses.replace(pool, name=pool.mode)
     deployment = build(Deployment, source="environment", scheduler=build(SchedulerConfig),
                        pools=(pool,))
-    return _env_checked(lambda: _checked(deployment, reader), Deployment)
+    return _env_checked(lambda: _checked(deployment, reader), Deployment, used)
 
 
 def _env_names(field: dataclasses.Field[Any]) -> tuple[str, ...]:
@@ -473,8 +493,8 @@ def _env_names(field: dataclasses.Field[Any]) -> tuple[str, ...]:
     return (env,) if isinstance(env, str) else tuple(env)
 
 
-def _env_error(cls: type, exc: ConfigError) -> ConfigError:
-    """Name the environment variable rather than the setting."""
+def _env_error(cls: type, exc: ConfigError, used: Mapping[str, str]) -> ConfigError:
+    """Name the environment variable (the one that was set) rather than the setting."""
     name = (exc.key or "").split(".")[-1]
     for field in declared(cls):
         if field.name == name and _env_names(field):
@@ -482,15 +502,16 @@ def _env_error(cls: type, exc: ConfigError) -> ConfigError:
             if message == "is required" and field.name == "app":
                 message = ("is required: set it to your App's import path, e.g. "
                            "myproject.tasks:app (or pass a deployment file)")
-            return ConfigError("environment", _env_names(field)[0], message)
+            return ConfigError("environment", used.get(field.name, _env_names(field)[0]),
+                               message)
     return exc
 
 
-def _env_checked(check: Any, cls: type) -> Any:
+def _env_checked(check: Any, cls: type, used: Mapping[str, str]) -> Any:
     try:
         return check()
     except ConfigError as exc:
-        raise _env_error(cls, exc) from None
+        raise _env_error(cls, exc, used) from None
 
 
 # -- the application ------------------------------------------------------------------------

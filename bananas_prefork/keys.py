@@ -12,13 +12,20 @@ PRIORITIES: tuple[str, ...] = ("high", "normal", "low")
 ANY_TYPE = "*"
 
 
+def namespace_problem(namespace: str) -> str | None:
+    """Why a namespace cannot prefix keys, or None: it goes inside the ``{...}`` hash tag."""
+    if not namespace or any(c in namespace for c in "{}: \t\n"):
+        return f"invalid namespace {namespace!r}: use letters, digits, '-', '_' or '.'"
+    return None
+
+
 class Keys:
     """Key templates for one namespace."""
 
     def __init__(self, namespace: str = "bananas") -> None:
-        if not namespace or any(c in namespace for c in "{}: \t\n"):
-            raise ValueError(
-                f"invalid namespace {namespace!r}: use letters, digits, '-', '_' or '.'")
+        problem = namespace_problem(namespace)
+        if problem:
+            raise ValueError(problem)
         self.namespace = namespace
         self.prefix = "{%s}" % namespace
 

@@ -85,6 +85,21 @@ def test_enqueue_rejects_bad_input(tmp_path: Path, redis_url: str, args: list[st
                    fragment)
 
 
+@pytest.mark.parametrize("command", [["enqueue", "send_email"], ["status"], ["job", "x"],
+                                     ["dead", "list"]])
+@pytest.mark.parametrize("options, env, fragment", [
+    (["--redis", "notaurl"], {}, "--redis: must start with redis://"),
+    (["--redis", "redis://h:99999/0"], {}, "--redis: Port out of range"),
+    ([], {"BANANAS_REDIS_URL": "notaurl"}, "BANANAS_REDIS_URL: must start with redis://"),
+    (["--redis", "redis://127.0.0.1:1/0", "--namespace", "bad ns{"], {},
+     "--namespace: invalid namespace"),
+])
+def test_bad_connection_options_are_one_line(tmp_path: Path, command: list[str],
+                                             options: list[str], env: dict[str, str],
+                                             fragment: str) -> None:
+    one_line_error(run(*command, *options, cwd=tmp_path, env=env), 2, fragment)
+
+
 def test_enqueue_without_redis_exits_1(tmp_path: Path) -> None:
     result = run("enqueue", "send_email", "--redis", "redis://127.0.0.1:1/0", cwd=tmp_path)
     assert result.returncode == 1 and "cannot reach Redis" in result.stderr

@@ -147,6 +147,9 @@ def test_unknown_keys_suggest_the_closest_valid_one(tmp_path: Path, text: str, k
      'every = "2m"\n', "periodic[1]", "a second entry named 'a'"),
     ('redis_url = "redis://x"\n', "app", "is required"),
     ('app = "x:app"\nredis_url = "http://x"\n', "redis_url", "must start with redis://"),
+    ('app = "x:app"\nredis_url = "redis://h:port/0"\n', "redis_url", "Port could not be cast"),
+    ('app = "x:app"\nredis_url = "redis://h:99999/0"\n', "redis_url", "Port out of range"),
+    ('app = "x:app"\nnamespace = "bad ns{"\n', "namespace", "invalid namespace"),
     ('app = "x:app"\n[scheduler]\nenabled = false\n[pools.s]\nmode = "scheduler-only"\n',
      "scheduler.enabled", "nothing to run"),
 ])
@@ -216,3 +219,22 @@ def test_environment_errors_name_the_variable(environ: dict[str, str], variable:
 ])
 def test_booleans_accept_the_usual_spellings(text: str, value: bool) -> None:
     assert boolean(text) is value
+
+
+
+@pytest.mark.parametrize("environ, variable", [
+    ({"BANANAS_REDIS_URL": "notaurl"}, "BANANAS_REDIS_URL"),
+    ({"BANANAS_REDIS_URL": "", "REDIS_URL": "ftp://x"}, "REDIS_URL"),
+    ({"BANANAS_NAMESPACE": "a b"}, "BANANAS_NAMESPACE"),
+])
+def test_bad_connection_settings_in_the_environment_name_the_variable(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, environ: dict[str, str],
+        variable: str) -> None:
+    for name in ("BANANAS_REDIS_URL", "REDIS_URL", "BANANAS_NAMESPACE"):
+        monkeypatch.delenv(name, raising=False)
+    with pytest.raises(ConfigError, match=f"^environment: {variable}: "):
+        load_environment({"BANANAS_APP": "x:app", **environ}, dotenv=None)
+    for name, value in environ.items():  # a file that leaves them to the environment
+        monkeypatch.setenv(name, value)
+    err = error_of(tmp_path, 'app = "x:app"\n')
+    assert (err.source, err.key) == ("environment", variable), str(err)
