@@ -114,6 +114,21 @@ class Broker:
     def prefix(self) -> str:
         return self.keys.prefix
 
+    # Liveness. The promise: a dead owner's jobs are back in their queues within
+    # ``owner_ttl``. That is the owner key's lifetime after its last renewal plus
+    # the time until the scheduler leader's next scan notices it expired, so
+    # the key lives for ``owner_ttl`` less one scan period (and a little slack).
+
+    @property
+    def recovery_period(self) -> float:
+        """How often the scheduler leader looks for owners whose liveness expired."""
+        return max(1.0, self.owner_ttl / 10)
+
+    @property
+    def liveness(self) -> float:
+        """Seconds an owner key lives after a renewal (renew at a third of it)."""
+        return max(self.owner_ttl / 2, self.owner_ttl - self.recovery_period - 0.5)
+
     # Typed reads (the client decodes every reply to str).
 
     def members(self, key: str) -> list[str]:
@@ -165,7 +180,7 @@ class Broker:
         """
         reply = self.scripts.step(
             keys=[self.keys.owned(owner), self.keys.owner(owner)],
-            args=[self.prefix, owner, slot, int(self.owner_ttl * 1000),
+            args=[self.prefix, owner, slot, int(self.liveness * 1000),
                   *self.settle_args(settlement), "1" if fetch else "0",
                   ",".join(priorities), ",".join(job_types)],
         )
@@ -193,7 +208,7 @@ class Broker:
 
     def renew_owners(self, owners: Iterable[str]) -> None:
         """Keep owners alive: one pipelined round trip for all of them."""
-        ttl_ms = int(self.owner_ttl * 1000)
+        ttl_ms = int(self.liveness * 1000)
         with self.client.pipeline(transaction=False) as pipe:
             for owner in owners:
                 pipe.set(self.keys.owner(owner), "1", px=ttl_ms)
@@ -395,7 +410,7 @@ class StepChannel:
         self.script = broker.scripts.step
         keys = broker.keys
         self.head = (2, keys.owned(owner), keys.owner(owner), broker.prefix, owner, slot,
-                     int(broker.owner_ttl * 1000))
+                     int(broker.liveness * 1000))
         self.serves = (",".join(priorities), ",".join(job_types))
 
     def step(self, settlement: Settlement | None,

@@ -176,7 +176,7 @@ class Deployment:
         "Where start writes the master's pid; reload and stop read it."))
     owner_ttl: float = setting(30.0, parse=s.duration(3.0), env="BANANAS_OWNER_TTL", help=(
         "Liveness lease of a child's jobs. The master renews it; jobs of a machine that "
-        "died return to their queues after this long."))
+        "died are back in their queues within this long (found by the scheduler leader)."))
     max_redeliveries: int = setting(3, parse=s.whole(1), env="BANANAS_MAX_REDELIVERIES",
                                     help=(
         "A job whose worker died this many times goes to the dead letters as a poison pill."))

@@ -317,7 +317,7 @@ class Consumer:
 
     def _beat(self) -> None:
         """Keep this owner alive and recover the jobs of owners that died."""
-        interval = max(0.5, self.broker.owner_ttl / 3)
+        interval = max(0.05, self.broker.liveness / 3)
         next_scan = 0.0
         while not self._stopped.wait(interval):
             try:

@@ -356,7 +356,7 @@ class Master:
             if now >= self._next_orphan_scan:
                 self.broker.recover_dead_owners()
                 self._next_orphan_scan = now + self.deployment.owner_ttl
-            self._next_renewal = now + self.deployment.owner_ttl / 3
+            self._next_renewal = now + self.broker.liveness / 3
             self._redis_ok("job liveness renewal")
         except redis.RedisError as exc:
             self._redis_failed("cannot renew job liveness; retrying every second", exc)

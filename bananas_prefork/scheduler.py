@@ -136,9 +136,9 @@ class Scheduler:
             return
         if now >= self._next_recovery:
             self.broker.recover_dead_owners()
-            self._next_recovery = now + max(1.0, self.broker.owner_ttl / 3)
+            self._next_recovery = now + self.broker.recovery_period
         wait = min(wait if wait is not None else self.interval, self.interval,
-                   max(0.0, self._renew_at - time.monotonic()))
+                   max(0.0, min(self._renew_at, self._next_recovery) - time.monotonic()))
         if wait > 0:
             self._due_sooner.wait(wait)
 

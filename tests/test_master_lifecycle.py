@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -93,6 +94,42 @@ def test_quit_kills_children_now_and_keeps_their_jobs(masters: MasterFactory, ap
     assert master.wait_exit(10) == 0
     assert time.monotonic() - began < 3
     assert [app.job(i).state for i in ids] == ["queued", "queued"]
+
+
+@pytest.mark.parametrize("leader_dies_too", [False, True])
+def test_a_dead_machines_jobs_return_within_owner_ttl(masters: MasterFactory, app: App,
+                                                      leader_dies_too: bool) -> None:
+    """Master and children SIGKILLed at once (the machine is gone), just after a liveness
+    renewal (the worst moment): another machine's scheduler leader returns their jobs
+    within owner_ttl of the kill."""
+    worker_file = toml("[pools.default]\nconcurrency = 2\n", owner_ttl="5s")
+    other_file = toml('[pools.s]\nmode = "scheduler-only"\n', owner_ttl="5s")
+    lease = '[scheduler]\nlease = "1s"\n'  # a dead leader is replaced within a second
+    if leader_dies_too:
+        doomed = masters(worker_file.replace("[pools.", lease + "[pools.", 1), name="doomed")
+        wait_until(lambda: (app.broker.lock_holder()[0] or "").split(":")[1] == str(doomed.pid))
+        masters(other_file.replace("[pools.", lease + "[pools.", 1), name="other")
+    else:
+        masters(other_file, name="other")
+        wait_until(lambda: app.broker.lock_holder()[0] is not None)
+        doomed = masters(worker_file.replace("[pools.",
+                                             "[scheduler]\nenabled = false\n[pools.", 1),
+                         name="doomed")
+    ids = [app.enqueue("sleep", args=[60]) for _ in range(2)]
+    wait_until(lambda: all(app.job(i).state == "running" for i in ids))
+    (owner, *_) = [o for o in app.broker.members(app.broker.keys.owners)
+                   if f":{doomed.pid}:" in o]
+    liveness_key = app.broker.keys.owner(owner)
+    last = app.broker.client.pttl(liveness_key)
+    while (now := app.broker.client.pttl(liveness_key)) <= last:  # wait for a renewal
+        last = now
+        time.sleep(0.002)
+    os.killpg(doomed.pid, signal.SIGKILL)
+    killed = time.monotonic()
+    wait_until(lambda: all(app.job(i).state == "queued" for i in ids), timeout=10,
+               interval=0.02)
+    elapsed = time.monotonic() - killed
+    assert elapsed <= 5.0, elapsed
 
 
 def test_redis_down_at_start_is_retried(masters: MasterFactory, private_redis: object,
