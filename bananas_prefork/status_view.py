@@ -62,11 +62,14 @@ def pools_table(status: dict[str, Any]) -> Table:
         for pool in node.get("pools", []):
             live = sum(1 for p in pool["processes"] if p["state"] in ("idle", "busy"))
             busy = f"{pool['busy']}/{pool['concurrency']} {pool['utilization']:.0%}"
+            serves = _serves(pool)
+            if pool["mode"] == "scheduler-only":
+                serves, busy = "(the scheduler)", ""
             state = Text(pool["state"], style={"failing": "bold red", "stopping": "yellow",
                                                "starting": "yellow"}.get(pool["state"], "green"))
             if pool.get("last_error") and pool["state"] == "failing":
                 state.append(f" {pool['last_error']}", style="red")
-            table.add_row(_node_label(node), pool["name"], pool["mode"], _serves(pool),
+            table.add_row(_node_label(node), pool["name"], pool["mode"], serves,
                           f"{live}/{pool['processes_wanted']}", busy,
                           f"{pool['processed_per_min']:.0f}", f"{pool['failed_per_min']:.0f}",
                           str(pool["restarts"]), state)

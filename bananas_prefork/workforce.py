@@ -331,7 +331,28 @@ class Workforce:
             pool.observe(wall, busy_threshold)
         scheduler = next((p for p in self.pools if p.config is None and not p.draining), None)
         scheduler_pid = next(iter(scheduler.workers), None) if scheduler else None
-        return [p.describe(wall) for p in self.pools if p.config is not None], scheduler_pid
+        described = [p.describe(wall) for p in self.pools if p.config is not None]
+        described += [scheduler_only_view(config, scheduler, wall)
+                      for config in self.deployment.pools if not config.runs_jobs]
+        return described, scheduler_pid
+
+
+def scheduler_only_view(config: PoolConfig, scheduler: Pool | None,
+                        wall: float) -> dict[str, Any]:
+    """A declared scheduler-only pool as status shows it: no job slots, the scheduler child."""
+    processes = [w.describe(wall) for w in scheduler.workers.values()] if scheduler else []
+    return {
+        "name": config.name, "mode": config.mode, "priorities": [], "job_types": [],
+        "concurrency": 0, "threads": 0, "processes_wanted": 1 if scheduler else 0,
+        "generation": scheduler.generation if scheduler else 0,
+        "state": "failing" if scheduler and scheduler.failing else "running",
+        "busy": 0, "utilization": 0.0, "jobs_done": 0, "jobs_failed": 0,
+        "processed_per_min": 0.0, "failed_per_min": 0.0,
+        "restarts": scheduler.restarts if scheduler else 0,
+        "last_error": scheduler.last_error if scheduler else None,
+        "utilization_high_since": None, "no_live_child_since": None, "job_type_stats": {},
+        "processes": processes,
+    }
 
 
 def _signal(pid: int, signum: int) -> None:

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import redis
 
 from bananas_prefork import App
+from bananas_prefork.status import gather
 from tests.apps.recorder import runs_key
 from tests.helpers import wait_until
 from tests.masters import MasterFactory, toml
@@ -57,6 +59,16 @@ def test_scheduler_only_runs_no_jobs(masters: MasterFactory, app: App) -> None:
     wait_until(lambda: app.job(delayed).state == "queued", timeout=5)
     assert app.job(ready).state == "queued"
     assert app.queue_depths()["normal"]["record"] == 2
+
+    def declared() -> dict[str, Any] | None:  # status lists the pool the file declares
+        nodes = gather(app.broker)["nodes"]
+        pools = nodes[0]["pools"] if nodes else []
+        return pools[0] if pools and pools[0]["processes"] else None
+
+    pool = wait_until(declared, timeout=5)
+    (scheduler_pid,) = master.children()["scheduler"]
+    assert (pool["name"], pool["mode"], pool["concurrency"]) == ("sched", "scheduler-only", 0)
+    assert [p["pid"] for p in pool["processes"]] == [scheduler_pid]
 
 
 def test_environment_and_dotenv_configure_a_master(masters: MasterFactory, app: App,
