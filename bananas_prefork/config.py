@@ -394,6 +394,9 @@ def _checked_pool(pool: PoolConfig, reader: _Reader,
                   path: tuple[str | int, ...]) -> PoolConfig:
     """Apply what each mode implies; reject combinations that contradict it."""
     every_type = pool.job_types == ("*",)
+    if pool.runs_jobs and pool.threads > pool.concurrency:
+        raise reader.error((*path, "threads"), f"threads ({pool.threads}) cannot exceed "
+                           f"concurrency ({pool.concurrency})")
     if pool.mode == "thin":
         if not 1 <= pool.concurrency <= THIN_MAX_CONCURRENCY:
             raise reader.error((*path, "concurrency"), "thin mode runs 1 to 10 jobs at once "
@@ -408,9 +411,6 @@ def _checked_pool(pool: PoolConfig, reader: _Reader,
     if pool.mode in ("default", "specialized") and not every_type:
         raise reader.error((*path, "job_types"), f"{pool.mode} mode runs every job type; use "
                            "mode = \"job-specialized\" to restrict job_types")
-    if pool.runs_jobs and pool.threads > pool.concurrency:
-        raise reader.error((*path, "threads"), f"threads ({pool.threads}) cannot exceed "
-                           f"concurrency ({pool.concurrency})")
     if pool.max_memory_mb_hard is not None and pool.max_memory_mb is not None \
             and pool.max_memory_mb_hard <= pool.max_memory_mb:
         raise reader.error((*path, "max_memory_mb_hard"), "must be above max_memory_mb "

@@ -137,6 +137,8 @@ def test_unknown_keys_suggest_the_closest_valid_one(tmp_path: Path, text: str, k
      "every priority"),
     ('app = "x:app"\n[pools.a]\nconcurrency = 2\nthreads = 4\n', "pools.a.threads",
      "cannot exceed concurrency"),
+    ('app = "x:app"\n[pools.a]\nmode = "thin"\nconcurrency = 2\nthreads = 4\n',
+     "pools.a.threads", "cannot exceed concurrency"),
     ('app = "x:app"\n[pools.a]\nmax_memory_mb = 500\nmax_memory_mb_hard = 400\n',
      "pools.a.max_memory_mb_hard", "must be above max_memory_mb"),
     ('app = "x:app"\n[pools]\n', "pools", "is empty"),
