@@ -11,6 +11,7 @@ import os
 import signal
 import sys
 import time
+import tomllib
 from pathlib import Path
 from typing import Annotated, Any, NoReturn
 
@@ -87,15 +88,39 @@ def check(file: Annotated[Path, typer.Argument(help="Deployment file (TOML).")])
 def _signal_master(file: Path | None, signum: int, action: str) -> int:
     from .pidfile import read_pid
 
-    deployment = load_deployment(file)
-    if not deployment.pidfile:
-        fail(f"{deployment.source}: no pidfile is configured, so there is no master to "
-             f"{action}", 1)
-    pid = read_pid(deployment.pidfile)
+    source, pidfile = _pidfile_of(file, lenient=signum == signal.SIGTERM)
+    if not pidfile:
+        fail(f"{source}: no pidfile is configured, so there is no master to {action}", 1)
+    pid = read_pid(pidfile)
     if pid is None:
-        fail(f"no master is running ({deployment.pidfile} is missing or stale)", 1)
+        fail(f"no master is running ({pidfile} is missing or stale)", 1)
     os.kill(pid, signum)
     return pid
+
+
+def _pidfile_of(file: Path | None, lenient: bool) -> tuple[str, str | None]:
+    """Where the master's pid is: the file's ``pidfile``, else BANANAS_PIDFILE (or .env).
+
+    Nothing else is needed to signal a master, so the app is not required, and a
+    stop (``lenient``) still finds the pidfile of a file that was broken since.
+    """
+    if file is None:
+        from dotenv import dotenv_values
+
+        pidfile = os.environ.get("BANANAS_PIDFILE") or (
+            dotenv_values(".env").get("BANANAS_PIDFILE") if Path(".env").is_file() else None)
+        return "environment (BANANAS_PIDFILE)", pidfile or None
+    try:
+        return str(file), config_module.load(file).pidfile
+    except ConfigError as exc:
+        if lenient:
+            try:
+                pidfile = tomllib.loads(file.read_text()).get("pidfile")
+                if isinstance(pidfile, str) and pidfile:
+                    return str(file), pidfile
+            except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError):
+                pass
+        fail(exc, 2)
 
 
 @cli.command()

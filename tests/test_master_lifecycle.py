@@ -150,8 +150,6 @@ def test_redis_down_at_start_is_retried(masters: MasterFactory, private_redis: o
 
 def _cli(*args: str, cwd: Path,
          env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    import os
-
     full_env = dict(os.environ, PYTHONPATH=str(ROOT), **(env or {}))
     return subprocess.run([sys.executable, "-m", "bananas_prefork", *args], cwd=cwd,
                           env=full_env, capture_output=True, text=True, timeout=60)
@@ -169,9 +167,15 @@ def test_pidfile_commands(masters: MasterFactory, tmp_path: Path) -> None:
     assert reload.returncode == 0, reload.stderr
     master.wait_notify("RELOADING=1")
     master.wait_notify("READY=1")
+    # the file was broken since: reload refuses it, stop still finds the master
+    good = master.config_path.read_text()
+    master.config_path.write_text(good + "\nbogus = 1\n")
+    refused = _cli("reload", config, cwd=tmp_path)
+    assert refused.returncode == 2 and "bogus" in refused.stderr
     stop = _cli("stop", config, "--wait", cwd=tmp_path)
     assert stop.returncode == 0, stop.stderr
     assert master.wait_exit(10) == 0
+    master.config_path.write_text(good)
     # now stale: nothing to signal
     assert not (tmp_path / "run" / "m.pid").exists()
     (tmp_path / "run" / "m.pid").write_text("999999\n")
@@ -185,6 +189,13 @@ def test_reload_without_pidfile_is_a_clear_error(tmp_path: Path) -> None:
     (tmp_path / "p.toml").write_text('app = "tests.apps.recorder:app"\n')
     result = _cli("stop", "p.toml", cwd=tmp_path)
     assert result.returncode == 1 and "no pidfile is configured" in result.stderr
+    for command in ("stop", "reload"):  # environment mode: no app needed to find a master
+        result = _cli(command, cwd=tmp_path, env={"BANANAS_APP": "", "BANANAS_PIDFILE": ""})
+        assert result.returncode == 1 and "no pidfile is configured" in result.stderr, result
+        (tmp_path / ".env").write_text(f"BANANAS_PIDFILE={tmp_path / 'gone.pid'}\n")
+        result = _cli(command, cwd=tmp_path, env={"BANANAS_APP": ""})
+        assert result.returncode == 1 and "gone.pid is missing or stale" in result.stderr
+        (tmp_path / ".env").unlink()
 
 
 def test_watchdog_and_json_logs(masters: MasterFactory) -> None:
