@@ -201,8 +201,13 @@ def enqueue(
     namespace: NamespaceOpt = None,
     config: ConfigOpt = None,
 ) -> None:
-    """Enqueue a job by name and print its id."""
+    """Enqueue a job by name and print its id.
+
+    With --config (or BANANAS_APP) the app is imported so that the task's own
+    defaults (priority, retries, timeout) apply, as they do for ``task.enqueue``.
+    """
     app = _client_app(redis_url, namespace, config)
+    _learn_tasks(app, config)
     call_args = _json_arg(args, list, "--args")
     call_kwargs = _json_arg(kwargs, dict, "--kwargs")
     _broker_or_fail(app)
@@ -214,6 +219,20 @@ def enqueue(
     except redis.RedisError as exc:
         fail(f"cannot reach Redis at {app.redis_url}: {exc}", 1)
     typer.echo(job_id)
+
+
+def _learn_tasks(app: Any, file: Path | None) -> None:
+    """Give the client the tasks of the deployment's app, if it can be imported here."""
+    app_path = os.environ.get("BANANAS_APP")
+    if file is None and not app_path:
+        return
+    try:
+        deployment = load_deployment(file) if file else None
+        imported = config_module.import_app(deployment or Deployment(app=app_path or ""))
+    except ConfigError as exc:
+        typer.echo(f"bananas-prefork: warning: task defaults not applied: {exc}", err=True)
+        return
+    app.tasks.update(imported.tasks)
 
 
 JsonOpt = Annotated[bool, typer.Option("--json", help="Machine-readable output.")]

@@ -72,6 +72,29 @@ def test_enqueue_prints_the_id(tmp_path: Path, redis_url: str, namespace: str) -
         "scheduled", "high", ["a@example.com"], {"subject": "hi"})
 
 
+def test_enqueue_with_the_deployment_file_applies_task_defaults(
+        tmp_path: Path, redis_url: str, namespace: str) -> None:
+    app = App(redis_url, namespace=namespace)
+    (tmp_path / "p.toml").write_text(f'app = "tests.apps.recorder:app"\nredis_url = '
+                                     f'"{redis_url}"\nnamespace = "{namespace}"\n')
+    (tmp_path / "gone.toml").write_text(f'app = "tests.apps.gone:app"\nredis_url = '
+                                        f'"{redis_url}"\nnamespace = "{namespace}"\n')
+
+    def priority_of(*extra: str, config: str = "p.toml") -> str:
+        result = run("enqueue", "urgent", "--config", config, *extra, cwd=tmp_path)
+        assert result.returncode == 0, result.stderr
+        info = app.job(result.stdout.strip())
+        assert info is not None
+        return info.priority
+
+    assert priority_of() == "high"  # urgent's own default, known from the app
+    assert priority_of("--priority", "low") == "low"
+    assert priority_of(config="gone.toml") == "normal"  # app not importable here: by name
+    warned = run("enqueue", "urgent", "--config", "gone.toml", cwd=tmp_path)
+    assert "warning: task defaults not applied" in warned.stderr
+    assert len(warned.stdout.split()) == 1
+
+
 @pytest.mark.parametrize("args, fragment", [
     (["--args", "[1"], "--args: not valid JSON"),
     (["--args", '{"a": 1}'], "--args: must be a JSON array"),
