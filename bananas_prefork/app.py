@@ -34,13 +34,15 @@ _NAME = re.compile(r"^[A-Za-z0-9_.:/@-]{1,200}$")
 _JOB_ID = re.compile(r"^[^\s,{}]{1,200}$")
 
 
-def resolve_redis_url(explicit: str | None = None) -> str:
+def resolve_redis_url(explicit: str | None = None, *, start_embedded: bool = False) -> str:
     """``App()`` argument > BANANAS_REDIS_URL > REDIS_URL > the embedded default.
 
     ``"embedded"`` (anywhere in that chain) means the embedded server a master
-    runs from this directory's ``.bananas`` (or ``$BANANAS_DATA_DIR``).
+    runs from this directory's ``.bananas`` (or ``$BANANAS_DATA_DIR``). With
+    nothing configured: that server if it runs, else 127.0.0.1:6379, else (only
+    with ``start_embedded``, as ``App()`` does) a server this process starts.
     """
-    from .embedded import default_url, embedded_url
+    from .embedded import default_url, embedded_url, url_for_app
 
     for source, url in (("redis_url", explicit),
                         ("BANANAS_REDIS_URL", os.environ.get("BANANAS_REDIS_URL")),
@@ -52,7 +54,7 @@ def resolve_redis_url(explicit: str | None = None) -> str:
             if problem:
                 raise ValueError(f"{source}: {problem}")
             return url
-    return default_url()
+    return url_for_app() if start_embedded else default_url()
 
 
 class Task(Generic[P, R]):
@@ -117,7 +119,7 @@ class App:
     @property
     def redis_url(self) -> str:
         if self._redis_url is None:
-            self._redis_url = resolve_redis_url()
+            self._redis_url = resolve_redis_url(start_embedded=True)
         return self._redis_url
 
     def configure(self, *, redis_url: str | None = None, namespace: str | None = None,

@@ -162,17 +162,18 @@ def _json_arg(text: str | None, expected: type, option: str) -> Any:
 
 def _client_app(redis_url: str | None, namespace: str | None, file: Path | None) -> Any:
     """An App for reading and writing jobs: --redis/--namespace, else the file, else the env."""
-    from .app import App
-    from .embedded import EMBEDDED, running_url
+    from .app import App, resolve_redis_url
+    from .embedded import EMBEDDED, RedisUnavailable, running_url
 
     deployment = load_deployment(file) if file else None
     url = redis_url or (deployment.redis_url if deployment else None)
     if deployment is not None and url in (None, EMBEDDED):
         url = running_url(deployment.data_dir)
     ns = namespace or (deployment.namespace if deployment else None)
-    try:
-        app = App(url if url != EMBEDDED else None, namespace=ns)
-        app.redis_url  # noqa: B018 - resolved now, so a bad URL in the environment is reported
+    try:  # a command never starts a server: it works with one that runs
+        app = App(resolve_redis_url(url), namespace=ns)
+    except RedisUnavailable as exc:
+        fail(exc, 1)
     except ValueError as exc:
         message = str(exc)
         if redis_url and message.startswith("redis_url:"):

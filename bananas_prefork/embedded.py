@@ -13,13 +13,19 @@ and ``status`` run from the same directory read that file, so they find it.
 
 from __future__ import annotations
 
+import atexit
+import fcntl
+import logging
 import os
 import secrets
 import shutil
 import signal
 import socket
 import subprocess
+import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import redis
@@ -29,9 +35,20 @@ EMBEDDED = "embedded"
 URL_FILE = "redis.url"
 _PR_SET_PDEATHSIG = 1
 
+log = logging.getLogger(__name__)
+
 
 class RedisUnavailable(RuntimeError):
     """No redis-server binary could be found or started."""
+
+
+class EmbeddedInUse(RedisUnavailable):
+    """Another process runs this data dir's server: a second one must not share its files."""
+
+    def __init__(self, url: str, data_dir: Path) -> None:
+        super().__init__(f"another process runs the embedded Redis of {data_dir}; not "
+                         "starting a second one on its files")
+        self.url = url
 
 
 def find_redis_server() -> str | None:
@@ -195,6 +212,54 @@ def _data_dir() -> str:
     return os.environ.get("BANANAS_DATA_DIR", ".bananas")
 
 
+@contextmanager
+def start_lock(data_dir: str | os.PathLike[str]) -> Iterator[None]:
+    """Held while a process checks for and starts a data dir's server: never two on one AOF."""
+    Path(data_dir).mkdir(parents=True, exist_ok=True)
+    with open(Path(data_dir) / "start.lock", "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+_own_server: EmbeddedRedis | None = None
+_own_server_lock = threading.Lock()
+
+
+def url_for_app() -> str:
+    """Where ``App()`` connects when nothing is configured: the embedded default.
+
+    This directory's running embedded server, else a Redis on 127.0.0.1:6379,
+    else a server of this process's own, started now in the same data dir (so
+    a master started there later finds the jobs) and stopped at exit.
+    """
+    data_dir = _data_dir()
+    url = running_url(data_dir) or (DEFAULT_URL if answers(DEFAULT_URL) else None)
+    if url is not None:
+        return url
+    global _own_server
+    with _own_server_lock:
+        if _own_server is not None and _own_server.pid is not None:
+            return _own_server.url
+        # PR_SET_PDEATHSIG fires when the forking *thread* ends: only the main thread's
+        # lifetime is the process's. From another thread the exit hook alone stops it.
+        server = EmbeddedRedis(data_dir, appendfsync="always",
+                               die_with_parent=threading.current_thread() is
+                               threading.main_thread())
+        try:
+            server.start()
+        except EmbeddedInUse as taken:  # another process was quicker
+            return taken.url
+        atexit.register(server.stop)
+        _own_server = server
+    log.warning("no Redis configured and none on 127.0.0.1:6379: started an embedded "
+                "redis-server for this process (data in %s, kept when it exits; a master "
+                "started from this directory runs the jobs)", Path(data_dir).resolve())
+    return server.url
+
+
 def embedded_url() -> str:
     """The URL of this directory's embedded server, whether or not it runs yet."""
     try:
@@ -224,14 +289,15 @@ def wants_embedded(configured: str | None) -> bool:
 class EmbeddedRedis:
     """The master's private server: started first, restarted on crash, stopped last."""
 
-    def __init__(self, data_dir: str | os.PathLike[str]) -> None:
+    def __init__(self, data_dir: str | os.PathLike[str], *, appendfsync: str = "everysec",
+                 die_with_parent: bool = True) -> None:
         self.data_dir = Path(data_dir).resolve()
         self.url_file = self.data_dir / URL_FILE
         previous = self._previous_port_and_password()
         port = previous[0] if previous and _port_free(previous[0]) else free_port()
-        self.server = RedisServer(self.data_dir, port=port, appendfsync="everysec",
+        self.server = RedisServer(self.data_dir, port=port, appendfsync=appendfsync,
                                   password=previous[1] if previous else secrets.token_hex(16),
-                                  die_with_parent=True)
+                                  die_with_parent=die_with_parent)
 
     def _previous_port_and_password(self) -> tuple[int, str] | None:
         """Reuse the last port and password, so clients that read the file still work."""
@@ -250,7 +316,12 @@ class EmbeddedRedis:
         return self.server.pid
 
     def start(self) -> str:
-        self.server.start()
+        """Start it, unless another process runs this data dir's server (RedisUnavailable)."""
+        with start_lock(self.data_dir):
+            other = running_url(self.data_dir)
+            if other is not None:
+                raise EmbeddedInUse(other, self.data_dir)
+            self.server.start()
         tmp = self.url_file.with_suffix(".tmp")
         tmp.write_text(self.url + "\n")
         tmp.chmod(0o600)
@@ -268,7 +339,9 @@ class EmbeddedRedis:
 
 
 def _port_free(port: int) -> bool:
+    """Whether redis-server could listen there (it sets SO_REUSEADDR, so TIME_WAIT is fine)."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             sock.bind(("127.0.0.1", port))
         except OSError:

@@ -28,11 +28,18 @@ import redis
 from setproctitle import setproctitle
 
 from . import periodic, reloader
-from .app import App
+from .app import App, resolve_redis_url
 from .broker import Broker, connect
 from .child import configure_app
 from .config import ConfigError, Deployment, PoolConfig, load
-from .embedded import EMBEDDED, EmbeddedRedis, RedisUnavailable, running_url, wants_embedded
+from .embedded import (
+    EMBEDDED,
+    EmbeddedRedis,
+    RedisUnavailable,
+    answers,
+    running_url,
+    wants_embedded,
+)
 from .pidfile import Pidfile
 from .pool import Pool
 from .scheduler import leader_identity
@@ -62,11 +69,14 @@ class Master:
 
     def __init__(self, deployment: Deployment, app: App, config_path: str | None = None,
                  notifier: Notifier | None = None) -> None:
-        self.embedded: EmbeddedRedis | None = None
+        self.embedded: EmbeddedRedis | None = None  # ours, when we run it
+        self.embedded_dir: str | None = None
         self.embedded_url: str | None = None
         if wants_embedded(deployment.redis_url):
-            # Another master already runs this data dir's server: share it, do not fork a
-            # second server onto the same files.
+            # Another process (a master, an App) already runs this data dir's server:
+            # share it rather than fork a second server onto the same files, and take
+            # its place on the same address if it goes away.
+            self.embedded_dir = deployment.data_dir
             self.embedded_url = running_url(deployment.data_dir)
             if self.embedded_url is None:
                 self.embedded = EmbeddedRedis(deployment.data_dir)
@@ -226,16 +236,29 @@ class Master:
     # -- starting -----------------------------------------------------------------------
 
     def _resolve(self, deployment: Deployment) -> Deployment:
-        """Point a deployment that wants the embedded server at ours."""
+        """Pin the Redis URL the master and every child use: ours if embedded, else the
+        environment's or the conventional local one (never a server of the app's own)."""
         if self.embedded_url is not None and deployment.redis_url in (None, EMBEDDED):
             return dataclasses.replace(deployment, redis_url=self.embedded_url)
+        if deployment.redis_url is None:
+            return dataclasses.replace(deployment, redis_url=resolve_redis_url())
         return deployment
 
     def _supervise_embedded(self) -> None:
-        """Start the private redis-server, and start it again if it died."""
+        """Start the private redis-server, again if it died, and in place of a shared one
+        that went away (on the address in the data dir, so the children reconnect)."""
+        if self.embedded_dir is None or time.monotonic() < self._next_embedded_start:
+            return
         server = self.embedded
-        if server is None or server.pid is not None or time.monotonic() < \
-                self._next_embedded_start:
+        if server is None:
+            assert self.embedded_url is not None
+            if answers(self.embedded_url):
+                self._next_embedded_start = time.monotonic() + 1.0
+                return
+            log.warning("the shared embedded Redis at %s went away; starting ours",
+                        _hide_password(self.embedded_url))
+            server = self.embedded = EmbeddedRedis(self.embedded_dir)
+        elif server.pid is not None:
             return
         try:
             server.start()

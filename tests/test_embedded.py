@@ -95,3 +95,77 @@ def test_embedded_server_is_restarted_when_it_dies(masters: MasterFactory, tmp_p
 
     after = wait_until(enqueued, timeout=10)
     wait_until(lambda: app.job(after).state == "succeeded", timeout=15)
+
+
+# App() with nothing configured. This machine may run a Redis on 127.0.0.1:6379 (the
+# default a client tries next), so the scripts below point that default at a closed port.
+APP_SCRIPT = """
+import sys, time
+import bananas_prefork.embedded as embedded
+embedded.DEFAULT_URL = "redis://127.0.0.1:1/0"
+from bananas_prefork import App
+app = App(namespace=sys.argv[1])
+print(app.enqueue("record", args=[sys.argv[2]]), app.redis_url, flush=True)
+time.sleep(float(sys.argv[3]))
+"""
+
+
+def app_process(tmp_path: Path, namespace: str, tag: str,
+                linger: float) -> subprocess.Popen[str]:
+    env = {k: v for k, v in os.environ.items() if k not in ("BANANAS_REDIS_URL", "REDIS_URL")}
+    return subprocess.Popen([sys.executable, "-c", APP_SCRIPT, namespace, tag, str(linger)],
+                            cwd=tmp_path, env=dict(env, PYTHONPATH=str(ROOT)),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def test_app_alone_starts_the_embedded_server_and_a_master_runs_its_jobs_later(
+        masters: MasterFactory, tmp_path: Path, namespace: str) -> None:
+    script = app_process(tmp_path, namespace, "early", linger=0)
+    out, err = script.communicate(timeout=60)
+    assert script.returncode == 0, err
+    job_id, url = out.split()
+    assert "started an embedded redis-server" in err
+    assert (tmp_path / ".bananas" / "redis.url").read_text().strip() == url
+    assert not redis_answers(url)  # it stopped with the process; the job is in its AOF
+
+    masters(toml("[pools.default]\nconcurrency = 1\n", redis_url="embedded",
+                 namespace=namespace), cwd=tmp_path)
+    app = App(url, namespace=namespace)  # same address: the master reuses it
+    wait_until(lambda: app.job(job_id) is not None and app.job(job_id).state == "succeeded",
+               timeout=15)
+
+
+def test_master_takes_over_when_the_shared_server_goes_away(
+        masters: MasterFactory, tmp_path: Path, namespace: str) -> None:
+    owner = app_process(tmp_path, namespace, "shared", linger=60)
+    assert owner.stdout is not None
+    job_id, url = owner.stdout.readline().split()
+    master = masters(toml("[pools.default]\nconcurrency = 1\n", redis_url="embedded",
+                          namespace=namespace), cwd=tmp_path)
+    app = App(url, namespace=namespace)
+    wait_until(lambda: app.job(job_id).state == "succeeded")
+    assert embedded_servers(master.pid) == []  # it shares the App's server
+    owner.terminate()  # the server goes with it (PR_SET_PDEATHSIG)
+    owner.communicate(timeout=10)
+    assert len(wait_until(lambda: embedded_servers(master.pid), timeout=10)) == 1
+    assert "went away; starting ours" in master.read_log()
+
+    def enqueued() -> str | None:
+        try:
+            return app.enqueue("record", args=["after"])
+        except redis.RedisError:
+            return None
+
+    after = wait_until(enqueued, timeout=10)
+    wait_until(lambda: app.job(after).state == "succeeded", timeout=15)
+    assert app.job(job_id).state == "succeeded"  # the AOF came along
+
+
+def redis_answers(url: str) -> bool:
+    client = redis.Redis.from_url(url, socket_connect_timeout=0.5)
+    try:
+        return bool(client.ping())
+    except redis.RedisError:
+        return False
+    finally:
+        client.close()
