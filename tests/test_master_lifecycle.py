@@ -107,7 +107,7 @@ def test_a_dead_machines_jobs_return_within_owner_ttl(masters: MasterFactory, ap
     lease = '[scheduler]\nlease = "1s"\n'  # a dead leader is replaced within a second
     if leader_dies_too:
         doomed = masters(worker_file.replace("[pools.", lease + "[pools.", 1), name="doomed")
-        wait_until(lambda: (app.broker.lock_holder()[0] or "").split(":")[1] == str(doomed.pid))
+        wait_until(lambda: f":{doomed.pid}:" in (app.broker.lock_holder()[0] or ""))
         masters(other_file.replace("[pools.", lease + "[pools.", 1), name="other")
     else:
         masters(other_file, name="other")
