@@ -9,6 +9,9 @@ anywhere and nothing answering on 127.0.0.1:6379) it starts one of these on a
 free loopback port with a random password, supervises it like a child and
 writes its URL to ``<data_dir>/redis.url`` (mode 0600). ``App()``, ``enqueue``
 and ``status`` run from the same directory read that file, so they find it.
+``App()`` with nothing configured and nothing running starts one of its own in
+the same data dir. One data dir never gets two servers: starting happens under
+a file lock, after checking that none answers.
 """
 
 from __future__ import annotations
@@ -317,15 +320,15 @@ class EmbeddedRedis:
 
     def start(self) -> str:
         """Start it, unless another process runs this data dir's server (RedisUnavailable)."""
-        with start_lock(self.data_dir):
+        with start_lock(self.data_dir):  # the next one to look must find it running
             other = running_url(self.data_dir)
             if other is not None:
                 raise EmbeddedInUse(other, self.data_dir)
             self.server.start()
-        tmp = self.url_file.with_suffix(".tmp")
-        tmp.write_text(self.url + "\n")
-        tmp.chmod(0o600)
-        tmp.replace(self.url_file)
+            tmp = self.url_file.with_suffix(".tmp")
+            tmp.write_text(self.url + "\n")
+            tmp.chmod(0o600)
+            tmp.replace(self.url_file)
         return self.url
 
     def exited(self, code: int) -> None:
