@@ -297,7 +297,7 @@ class EmbeddedRedis:
         self.data_dir = Path(data_dir).resolve()
         self.url_file = self.data_dir / URL_FILE
         previous = self._previous_port_and_password()
-        port = previous[0] if previous and _port_free(previous[0]) else free_port()
+        port = previous[0] if previous and port_free(previous[0]) else free_port()
         self.server = RedisServer(self.data_dir, port=port, appendfsync=appendfsync,
                                   password=previous[1] if previous else secrets.token_hex(16),
                                   die_with_parent=die_with_parent)
@@ -341,7 +341,7 @@ class EmbeddedRedis:
         self.server.stop()
 
 
-def _port_free(port: int) -> bool:
+def port_free(port: int) -> bool:
     """Whether redis-server could listen there (it sets SO_REUSEADDR, so TIME_WAIT is fine)."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)

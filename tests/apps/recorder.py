@@ -2,7 +2,8 @@
 
 Imported by test processes (consumers, masters); configured by environment:
 BANANAS_REDIS_URL and BANANAS_NAMESPACE. Runs are appended to the list
-``test:runs:<namespace>`` as ``job_id|attempt|pid|name|pool``.
+``{<namespace>}:test:runs`` (in the namespace's cluster slot) as
+``job_id|attempt|pid|name|pool``.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ def _redis() -> redis.Redis:
 
 
 def runs_key(namespace: str) -> str:
-    return f"test:runs:{namespace}"
+    return "{%s}:test:runs" % namespace
 
 
 def _record() -> None:
