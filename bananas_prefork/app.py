@@ -106,7 +106,7 @@ class App:
             raise ValueError(f"redis_url: {problem}")
         self.namespace = namespace or os.environ.get("BANANAS_NAMESPACE") or "bananas"
         if problem := namespace_problem(self.namespace):
-            raise ValueError(problem)
+            raise ValueError(problem if namespace else f"BANANAS_NAMESPACE: {problem}")
         self.result_ttl = result_ttl
         self.dead_ttl = dead_ttl
         self.owner_ttl = owner_ttl

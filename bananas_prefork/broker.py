@@ -11,6 +11,7 @@ import logging
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, cast
+from urllib.parse import urlsplit
 
 import redis
 from redis.backoff import ExponentialWithJitterBackoff
@@ -34,6 +35,9 @@ def redis_url_problem(url: str) -> str | None:
         redis.connection.parse_url(url)
     except ValueError as exc:
         return str(exc)
+    database = urlsplit(url).path.strip("/")
+    if not url.startswith("unix://") and database and not database.isdigit():
+        return f"the database is a number (redis://host:port/0), got {database!r}"
     return None
 
 

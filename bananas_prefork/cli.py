@@ -8,10 +8,10 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import sys
 import time
-import tomllib
 from pathlib import Path
 from typing import Annotated, Any, NoReturn
 
@@ -113,14 +113,20 @@ def _pidfile_of(file: Path | None, lenient: bool) -> tuple[str, str | None]:
     try:
         return str(file), config_module.load(file).pidfile
     except ConfigError as exc:
-        if lenient:
-            try:
-                pidfile = tomllib.loads(file.read_text()).get("pidfile")
-                if isinstance(pidfile, str) and pidfile:
-                    return str(file), pidfile
-            except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError):
-                pass
-        fail(exc, 2)
+        pidfile = _raw_pidfile(file) if lenient else None
+        if pidfile is None:
+            fail(exc, 2)
+        return str(file), pidfile
+
+
+def _raw_pidfile(file: Path) -> str | None:
+    """The ``pidfile`` line of a file that no longer parses (it was edited since)."""
+    try:
+        text = file.read_text()
+    except (OSError, UnicodeDecodeError):
+        return None
+    match = re.search(r'^\s*pidfile\s*=\s*["\']([^"\']+)["\']', text, re.MULTILINE)
+    return match.group(1) if match else None
 
 
 @cli.command()
@@ -165,10 +171,17 @@ def _client_app(redis_url: str | None, namespace: str | None, file: Path | None)
     from .app import App, resolve_redis_url
     from .embedded import EMBEDDED, RedisUnavailable, running_url
 
+    for option, given in (("--redis", redis_url), ("--namespace", namespace)):
+        if given is not None and not given.strip():
+            fail(f"{option}: must not be empty", 2)
     deployment = load_deployment(file) if file else None
     url = redis_url or (deployment.redis_url if deployment else None)
     if deployment is not None and url in (None, EMBEDDED):
-        url = running_url(deployment.data_dir)
+        running = running_url(deployment.data_dir)
+        if running is None and url == EMBEDDED:  # never another Redis in its place
+            fail(f'{deployment.source}: redis_url = "embedded", and no embedded Redis runs '
+                 f"from {deployment.data_dir}: start the master first, or pass --redis", 1)
+        url = running
     ns = namespace or (deployment.namespace if deployment else None)
     try:  # a command never starts a server: it works with one that runs
         app = App(resolve_redis_url(url), namespace=ns)

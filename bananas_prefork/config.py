@@ -161,11 +161,11 @@ class Deployment:
     app: str = setting(required=True, parse=s.text, env="BANANAS_APP", help=(
         'Import path of your App, "package.module:attribute" (attribute defaults to app). '
         "Imported once by check and, before any fork, by start."))
-    redis_url: str | None = setting(None, parse=s.optional_text,
+    redis_url: str | None = setting(None, parse=s.text,
                                     env=("BANANAS_REDIS_URL", "REDIS_URL"), help=(
         'Redis URL; "embedded" starts a private, supervised redis-server. Unset: the '
         "environment, else 127.0.0.1:6379 if it answers, else embedded."))
-    namespace: str | None = setting(None, parse=s.optional_text, env="BANANAS_NAMESPACE", help=(
+    namespace: str | None = setting(None, parse=s.text, env="BANANAS_NAMESPACE", help=(
         "Key prefix, so several deployments can share one Redis. Unset: the App's own "
         '(default "bananas").'))
     shutdown_timeout: float = setting(30.0, parse=s.duration(), env="BANANAS_SHUTDOWN_TIMEOUT",
@@ -442,8 +442,10 @@ def _check_environment_fallbacks(deployment: Deployment) -> None:
                 if url != EMBEDDED and (problem := redis_url_problem(url)):
                     raise ConfigError("environment", name, problem)
                 break
+    # Checked even when the file names a namespace: the App() in the application
+    # module reads it at import and would fail there, blaming the import.
     namespace = os.environ.get("BANANAS_NAMESPACE")
-    if deployment.namespace is None and namespace and (problem := namespace_problem(namespace)):
+    if namespace and (problem := namespace_problem(namespace)):
         raise ConfigError("environment", "BANANAS_NAMESPACE", problem)
 
 

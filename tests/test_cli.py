@@ -116,11 +116,21 @@ def test_enqueue_rejects_bad_input(tmp_path: Path, redis_url: str, args: list[st
     ([], {"BANANAS_REDIS_URL": "notaurl"}, "BANANAS_REDIS_URL: must start with redis://"),
     (["--redis", "redis://127.0.0.1:1/0", "--namespace", "bad ns{"], {},
      "--namespace: invalid namespace"),
+    (["--redis", ""], {}, "--redis: must not be empty"),
+    (["--redis", "redis://127.0.0.1:1/0", "--namespace", ""], {}, "--namespace: must not be"),
 ])
 def test_bad_connection_options_are_one_line(tmp_path: Path, command: list[str],
                                              options: list[str], env: dict[str, str],
                                              fragment: str) -> None:
     one_line_error(run(*command, *options, cwd=tmp_path, env=env), 2, fragment)
+
+
+def test_a_file_on_the_embedded_redis_never_falls_back_to_another(tmp_path: Path) -> None:
+    (tmp_path / "e.toml").write_text('app = "tests.apps.recorder:app"\nredis_url = "embedded"\n')
+    for command in (["enqueue", "send_email"], ["status"]):
+        option = "--config" if command[0] == "enqueue" else None
+        args = [*command, option, "e.toml"] if option else [*command, "e.toml"]
+        one_line_error(run(*args, cwd=tmp_path), 1, "no embedded Redis runs")
 
 
 def test_enqueue_without_redis_exits_1(tmp_path: Path) -> None:

@@ -152,6 +152,9 @@ def test_unknown_keys_suggest_the_closest_valid_one(tmp_path: Path, text: str, k
     ('app = "x:app"\nredis_url = "redis://h:port/0"\n', "redis_url", "Port could not be cast"),
     ('app = "x:app"\nredis_url = "redis://h:99999/0"\n', "redis_url", "Port out of range"),
     ('app = "x:app"\nnamespace = "bad ns{"\n', "namespace", "invalid namespace"),
+    ('app = "x:app"\nredis_url = "redis://h:1/notadb"\n', "redis_url", "database is a number"),
+    ('app = "x:app"\nnamespace = ""\n', "namespace", "non-empty"),
+    ('app = "x:app"\nredis_url = ""\n', "redis_url", "non-empty"),
     ('app = "x:app"\n[scheduler]\nenabled = false\n[pools.s]\nmode = "scheduler-only"\n',
      "scheduler.enabled", "nothing to run"),
 ])
@@ -240,3 +243,6 @@ def test_bad_connection_settings_in_the_environment_name_the_variable(
         monkeypatch.setenv(name, value)
     err = error_of(tmp_path, 'app = "x:app"\n')
     assert (err.source, err.key) == ("environment", variable), str(err)
+    if variable == "BANANAS_NAMESPACE":  # the App() in the app module would read it
+        err = error_of(tmp_path, 'app = "x:app"\nnamespace = "fine"\n')
+        assert (err.source, err.key) == ("environment", variable), str(err)

@@ -6,9 +6,11 @@ import os
 import stat
 import subprocess
 import sys
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import psutil
+import pytest
 import redis
 
 from bananas_prefork import App
@@ -110,17 +112,31 @@ time.sleep(float(sys.argv[3]))
 """
 
 
-def app_process(tmp_path: Path, namespace: str, tag: str,
-                linger: float) -> subprocess.Popen[str]:
-    env = {k: v for k, v in os.environ.items() if k not in ("BANANAS_REDIS_URL", "REDIS_URL")}
-    return subprocess.Popen([sys.executable, "-c", APP_SCRIPT, namespace, tag, str(linger)],
-                            cwd=tmp_path, env=dict(env, PYTHONPATH=str(ROOT)),
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+@pytest.fixture
+def app_process(tmp_path: Path,
+                namespace: str) -> Iterator[Callable[[str, float], subprocess.Popen[str]]]:
+    """Starts the script above in tmp_path; every one is killed at the end."""
+    started: list[subprocess.Popen[str]] = []
+
+    def start(tag: str, linger: float) -> subprocess.Popen[str]:
+        env = {k: v for k, v in os.environ.items()
+               if k not in ("BANANAS_REDIS_URL", "REDIS_URL")}
+        started.append(subprocess.Popen(
+            [sys.executable, "-c", APP_SCRIPT, namespace, tag, str(linger)], cwd=tmp_path,
+            env=dict(env, PYTHONPATH=str(ROOT)), stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE, text=True))
+        return started[-1]
+
+    yield start
+    for process in started:
+        process.kill()
+        process.communicate()
 
 
 def test_app_alone_starts_the_embedded_server_and_a_master_runs_its_jobs_later(
-        masters: MasterFactory, tmp_path: Path, namespace: str) -> None:
-    script = app_process(tmp_path, namespace, "early", linger=0)
+        masters: MasterFactory, tmp_path: Path, namespace: str,
+        app_process: Callable[[str, float], subprocess.Popen[str]]) -> None:
+    script = app_process("early", 0)
     out, err = script.communicate(timeout=60)
     assert script.returncode == 0, err
     job_id, url = out.split()
@@ -136,8 +152,9 @@ def test_app_alone_starts_the_embedded_server_and_a_master_runs_its_jobs_later(
 
 
 def test_master_takes_over_when_the_shared_server_goes_away(
-        masters: MasterFactory, tmp_path: Path, namespace: str) -> None:
-    owner = app_process(tmp_path, namespace, "shared", linger=60)
+        masters: MasterFactory, tmp_path: Path, namespace: str,
+        app_process: Callable[[str, float], subprocess.Popen[str]]) -> None:
+    owner = app_process("shared", 60)
     assert owner.stdout is not None
     job_id, url = owner.stdout.readline().split()
     master = masters(toml("[pools.default]\nconcurrency = 1\n", redis_url="embedded",

@@ -169,9 +169,9 @@ def test_pidfile_commands(masters: MasterFactory, tmp_path: Path) -> None:
     master.wait_notify("READY=1")
     # the file was broken since: reload refuses it, stop still finds the master
     good = master.config_path.read_text()
-    master.config_path.write_text(good + "\nbogus = 1\n")
+    master.config_path.write_text(good + "\n[[[ half-typed\n")
     refused = _cli("reload", config, cwd=tmp_path)
-    assert refused.returncode == 2 and "bogus" in refused.stderr
+    assert refused.returncode == 2 and "invalid TOML" in refused.stderr
     stop = _cli("stop", config, "--wait", cwd=tmp_path)
     assert stop.returncode == 0, stop.stderr
     assert master.wait_exit(10) == 0
