@@ -14,10 +14,10 @@ import pytest
 import redis
 from redis.crc import key_slot
 
-from bananas_prefork import App
 from bananas_prefork.embedded import find_redis_server, free_port, port_free
-from tests.masters import MasterFactory
 from tests.test_keyspace import exercise
+
+SHARES = (range(0, 5461), range(5461, 10923), range(10923, 16384))  # the slots per node
 
 
 @pytest.fixture
@@ -36,8 +36,7 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[list[int]]:
                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
         clients = [redis.Redis(port=port) for port in ports]
         wait_for(lambda: all(_pings(c) for c in clients))
-        shares = [range(0, 5461), range(5461, 10923), range(10923, 16384)]
-        for client, share in zip(clients, shares, strict=True):
+        for client, share in zip(clients, SHARES, strict=True):
             client.execute_command("CLUSTER ADDSLOTS", *share)
         for client in clients[1:]:
             client.execute_command("CLUSTER MEET", "127.0.0.1", ports[0])
@@ -74,20 +73,10 @@ def _pings(client: redis.Redis) -> bool:
 def test_a_deployment_runs_on_the_node_that_owns_its_slot(cluster: list[int], tmp_path: Path,
                                                           namespace: str) -> None:
     slot = key_slot(("{%s}" % namespace).encode())
-    owner = next(port for port, share in zip(cluster, [(0, 5460), (5461, 10922),
-                                                       (10923, 16383)], strict=True)
-                 if share[0] <= slot <= share[1])
+    owner = next(port for port, share in zip(cluster, SHARES, strict=True) if slot in share)
     url = f"redis://127.0.0.1:{owner}/0"
     other = redis.Redis(port=next(p for p in cluster if p != owner))
     with pytest.raises(redis.exceptions.MovedError):  # so the test below means something
         other.set("{%s}:probe" % namespace, 1)
-    app = App(url, namespace=namespace)
-    client = redis.Redis.from_url(url, decode_responses=True)
-    masters = MasterFactory(tmp_path, url, namespace)
-    try:
-        exercise(masters, app, client, tmp_path, url, namespace)
-    finally:
-        for master in masters.started:
-            master.stop()
-        client.close()
-        other.close()
+    other.close()
+    exercise(url, tmp_path, namespace)

@@ -14,6 +14,7 @@ import pytest
 import redis
 
 from bananas_prefork import App
+from bananas_prefork.embedded import answers
 from tests.helpers import wait_until
 from tests.masters import ROOT, MasterFactory, toml
 
@@ -142,7 +143,7 @@ def test_app_alone_starts_the_embedded_server_and_a_master_runs_its_jobs_later(
     job_id, url = out.split()
     assert "started an embedded redis-server" in err
     assert (tmp_path / ".bananas" / "redis.url").read_text().strip() == url
-    assert not redis_answers(url)  # it stopped with the process; the job is in its AOF
+    assert not answers(url)  # it stopped with the process; the job is in its AOF
 
     masters(toml("[pools.default]\nconcurrency = 1\n", redis_url="embedded",
                  namespace=namespace), cwd=tmp_path)
@@ -176,13 +177,3 @@ def test_master_takes_over_when_the_shared_server_goes_away(
     after = wait_until(enqueued, timeout=10)
     wait_until(lambda: app.job(after).state == "succeeded", timeout=15)
     assert app.job(job_id).state == "succeeded"  # the AOF came along
-
-
-def redis_answers(url: str) -> bool:
-    client = redis.Redis.from_url(url, socket_connect_timeout=0.5)
-    try:
-        return bool(client.ping())
-    except redis.RedisError:
-        return False
-    finally:
-        client.close()

@@ -36,20 +36,24 @@ concurrency = 2
 
 def test_every_key_is_in_the_namespace_slot(private_redis: RedisServer, tmp_path: Path,
                                             namespace: str) -> None:
-    redis_url = private_redis.url  # a server of its own: nothing else writes there
-    app = App(redis_url, namespace=namespace)
+    exercise(private_redis.url, tmp_path, namespace)  # its own server: nobody else writes
+
+
+def exercise(redis_url: str, tmp_path: Path, namespace: str) -> None:
+    """A master and every key-writing path on ``redis_url``; then the whole keyspace."""
     rclient = redis.Redis.from_url(redis_url, decode_responses=True)
     masters = MasterFactory(tmp_path, redis_url, namespace)
     try:
-        exercise(masters, app, rclient, tmp_path, redis_url, namespace)
+        _drive(masters, App(redis_url, namespace=namespace), rclient, tmp_path, redis_url,
+               namespace)
     finally:
         for master in masters.started:
             master.stop()
         rclient.close()
 
 
-def exercise(masters: MasterFactory, app: App, rclient: redis.Redis, tmp_path: Path,
-             redis_url: str, namespace: str) -> None:
+def _drive(masters: MasterFactory, app: App, rclient: redis.Redis, tmp_path: Path,
+           redis_url: str, namespace: str) -> None:
     masters(toml(EVERYTHING))
     done = app.enqueue_many([("record", [n]) for n in range(5)])
     later = app.enqueue("urgent", delay=0.3)
