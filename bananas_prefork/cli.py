@@ -169,11 +169,16 @@ def _json_arg(text: str | None, expected: type, option: str) -> Any:
 def _client_app(redis_url: str | None, namespace: str | None, file: Path | None) -> Any:
     """An App for reading and writing jobs: --redis/--namespace, else the file, else the env."""
     from .app import App, resolve_redis_url
+    from .broker import redis_url_problem
     from .embedded import EMBEDDED, RedisUnavailable, running_url
+    from .keys import namespace_problem
 
-    for option, given in (("--redis", redis_url), ("--namespace", namespace)):
+    for option, given, problem_of in (("--redis", redis_url, redis_url_problem),
+                                      ("--namespace", namespace, namespace_problem)):
         if given is not None and not given.strip():
             fail(f"{option}: must not be empty", 2)
+        if given and given != EMBEDDED and (problem := problem_of(given)):
+            fail(f"{option}: {problem}", 2)
     deployment = load_deployment(file) if file else None
     url = redis_url or (deployment.redis_url if deployment else None)
     if deployment is not None and url in (None, EMBEDDED):
@@ -187,13 +192,8 @@ def _client_app(redis_url: str | None, namespace: str | None, file: Path | None)
         app = App(resolve_redis_url(url), namespace=ns)
     except RedisUnavailable as exc:
         fail(exc, 1)
-    except ValueError as exc:
-        message = str(exc)
-        if redis_url and message.startswith("redis_url:"):
-            message = "--redis" + message.removeprefix("redis_url")
-        elif namespace and message.startswith("invalid namespace"):
-            message = f"--namespace: {message}"
-        fail(message, 2)
+    except ValueError as exc:  # from the environment: the message names the variable
+        fail(exc, 2)
     return app
 
 
