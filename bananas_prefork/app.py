@@ -42,19 +42,17 @@ def resolve_redis_url(explicit: str | None = None, *, start_embedded: bool = Fal
     nothing configured: that server if it runs, else 127.0.0.1:6379, else (only
     with ``start_embedded``, as ``App()`` does) a server this process starts.
     """
-    from .embedded import default_url, embedded_url, url_for_app
+    from .embedded import default_url, embedded_url, environment_url, url_for_app
 
-    for source, url in (("redis_url", explicit),
-                        ("BANANAS_REDIS_URL", os.environ.get("BANANAS_REDIS_URL")),
-                        ("REDIS_URL", os.environ.get("REDIS_URL"))):
-        if url == EMBEDDED:
-            return embedded_url()
-        if url:
-            problem = redis_url_problem(url)
-            if problem:
-                raise ValueError(f"{source}: {problem}")
-            return url
-    return url_for_app() if start_embedded else default_url()
+    found = ("redis_url", explicit) if explicit else environment_url()
+    if found is None:
+        return url_for_app() if start_embedded else default_url()
+    source, url = found
+    if url == EMBEDDED:
+        return embedded_url()
+    if problem := redis_url_problem(url):
+        raise ValueError(f"{source}: {problem}")
+    return url
 
 
 class Task(Generic[P, R]):

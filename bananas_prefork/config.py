@@ -21,7 +21,7 @@ from typing import Any, TypeVar
 
 from . import settings as s
 from .broker import redis_url_problem
-from .embedded import EMBEDDED
+from .embedded import EMBEDDED, URL_VARIABLES, environment_url
 from .keys import PRIORITIES, namespace_problem
 from .periodic import check_schedule
 from .settings import declared, setting
@@ -162,7 +162,7 @@ class Deployment:
         'Import path of your App, "package.module:attribute" (attribute defaults to app). '
         "Imported once by check and, before any fork, by start."))
     redis_url: str | None = setting(None, parse=s.text,
-                                    env=("BANANAS_REDIS_URL", "REDIS_URL"), help=(
+                                    env=URL_VARIABLES, help=(
         'Redis URL; "embedded" starts a private, supervised redis-server. Unset: the '
         "environment, else 127.0.0.1:6379 if it answers, else embedded."))
     namespace: str | None = setting(None, parse=s.text, env="BANANAS_NAMESPACE", help=(
@@ -435,13 +435,9 @@ def _checked(deployment: Deployment, reader: _Reader) -> Deployment:
 
 def _check_environment_fallbacks(deployment: Deployment) -> None:
     """What the environment supplies where the deployment is silent must be usable too."""
-    if deployment.redis_url is None:
-        for name in ("BANANAS_REDIS_URL", "REDIS_URL"):
-            url = os.environ.get(name)
-            if url:
-                if url != EMBEDDED and (problem := redis_url_problem(url)):
-                    raise ConfigError("environment", name, problem)
-                break
+    found = environment_url() if deployment.redis_url is None else None
+    if found and found[1] != EMBEDDED and (problem := redis_url_problem(found[1])):
+        raise ConfigError("environment", found[0], problem)
     # Checked even when the file names a namespace: the App() in the application
     # module reads it at import and would fail there, blaming the import.
     namespace = os.environ.get("BANANAS_NAMESPACE")

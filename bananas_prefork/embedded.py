@@ -281,12 +281,21 @@ def default_url() -> str:
     return running_url(_data_dir()) or DEFAULT_URL
 
 
+URL_VARIABLES = ("BANANAS_REDIS_URL", "REDIS_URL")  # in this order; empty counts as unset
+
+
+def environment_url() -> tuple[str, str] | None:
+    """(variable, URL) of the Redis URL the environment gives, if it gives one."""
+    return next(((name, os.environ[name]) for name in URL_VARIABLES if os.environ.get(name)),
+                None)
+
+
 def wants_embedded(configured: str | None) -> bool:
     """Whether a master should use an embedded server rather than a configured Redis."""
-    environment = os.environ.get("BANANAS_REDIS_URL") or os.environ.get("REDIS_URL")
-    if configured or environment:
-        return EMBEDDED in (configured, environment if not configured else None)
-    return not answers(DEFAULT_URL)
+    if configured:
+        return configured == EMBEDDED
+    found = environment_url()
+    return found[1] == EMBEDDED if found else not answers(DEFAULT_URL)
 
 
 class EmbeddedRedis:
