@@ -1,7 +1,7 @@
 """bananas-prefork: a Redis job queue with a prefork supervisor."""
 
-from .app import App, Task
-from .job import JobContext, JobInfo, current_job
+from .core.app import App, Task
+from .core.job import JobContext, JobInfo, current_job
 
 __all__ = ["App", "JobContext", "JobInfo", "Task", "current_job"]
 __version__ = "0.1.0"

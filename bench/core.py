@@ -53,8 +53,8 @@ from benchtasks import (  # noqa: E402
     counter_url,
 )
 
-from bananas_prefork.embedded import RedisServer  # noqa: E402
-from bananas_prefork.scheduler import Scheduler  # noqa: E402
+from bananas_prefork.core.embedded import RedisServer  # noqa: E402
+from bananas_prefork.core.scheduler import Scheduler  # noqa: E402
 
 NAMESPACE = "bench"
 BATCH = 1000  # enqueue_many batch size

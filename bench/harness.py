@@ -40,7 +40,7 @@ if str(ROOT) not in sys.path:  # run as a script: the project need not be instal
 
 import redis  # noqa: E402
 
-from bananas_prefork.embedded import RedisServer  # noqa: E402
+from bananas_prefork.core.embedded import RedisServer  # noqa: E402
 
 Result = dict[str, Any]
 COUNTER_DB = 15  # the jobs' own records live in db 15 of the same server (broker: db 0)

@@ -42,7 +42,7 @@ from harness import (
 )
 from supervisedtasks import COLLECTED_KEY, COUNT_KEY, FIRST_KEY, app
 
-from bananas_prefork.status import gather
+from bananas_prefork.ops.status import gather
 
 NAMESPACE = "benchmaster"
 SECTIONS = ("replace", "startup", "idle", "scaling", "preload")

@@ -14,7 +14,7 @@ import sys
 
 from benchtasks import app
 
-from bananas_prefork.consumer import Consumer
+from bananas_prefork.core.consumer import Consumer
 
 
 def main() -> None:

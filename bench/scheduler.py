@@ -45,8 +45,8 @@ from harness import (
 )
 from supervisedtasks import STARTED_KEY, app
 
-from bananas_prefork.broker import Broker, connect
-from bananas_prefork.scheduler import Scheduler
+from bananas_prefork.core.broker import Broker, connect
+from bananas_prefork.core.scheduler import Scheduler
 
 NAMESPACE = "benchsched"
 SECTIONS = ("lateness", "promote")

@@ -15,8 +15,8 @@ import pytest
 import redis
 
 from bananas_prefork import App
-from bananas_prefork.consumer import Consumer
-from bananas_prefork.embedded import RedisServer
+from bananas_prefork.core.consumer import Consumer
+from bananas_prefork.core.embedded import RedisServer
 
 pytest_plugins = ("tests.masters",)
 

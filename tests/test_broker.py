@@ -8,9 +8,9 @@ import pytest
 import redis
 
 from bananas_prefork import App
-from bananas_prefork.broker import DEAD, LOST_OWNERSHIP, RETRY, SUCCEEDED, LockLost, Settlement
-from bananas_prefork.job import Job
-from bananas_prefork.keys import PRIORITIES, Keys
+from bananas_prefork.core.broker import DEAD, LOST_OWNERSHIP, RETRY, SUCCEEDED, LockLost, Settlement
+from bananas_prefork.core.job import Job
+from bananas_prefork.core.keys import PRIORITIES, Keys
 from tests.conftest import snapshot
 
 ALL = ["*"]

@@ -14,7 +14,7 @@ import pytest
 import redis
 from redis.crc import key_slot
 
-from bananas_prefork.embedded import find_redis_server, free_port, port_free
+from bananas_prefork.core.embedded import find_redis_server, free_port, port_free
 from tests.test_keyspace import exercise
 
 SHARES = (range(0, 5461), range(5461, 10923), range(10923, 16384))  # the slots per node

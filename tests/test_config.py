@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from bananas_prefork.config import ConfigError, load_environment, load_file
-from bananas_prefork.settings import boolean
+from bananas_prefork.core.config import ConfigError, load_environment, load_file
+from bananas_prefork.core.settings import boolean
 
 FULL = '''
 app = "tests.apps.recorder:app"

@@ -10,8 +10,8 @@ import pytest
 import redis
 
 from bananas_prefork import App, current_job
-from bananas_prefork.consumer import Consumer
-from bananas_prefork.keys import Keys
+from bananas_prefork.core.consumer import Consumer
+from bananas_prefork.core.keys import Keys
 from tests.helpers import wait_until
 
 
@@ -52,7 +52,7 @@ def test_retries_with_backoff_then_dead(app: App, consumers: list[Consumer]) -> 
     def fails() -> None:
         raise RuntimeError("nope")
 
-    from bananas_prefork.scheduler import Scheduler
+    from bananas_prefork.core.scheduler import Scheduler
 
     scheduler = Scheduler(app.broker, identity="test", interval=0.05)
     threading.Thread(target=scheduler.run, daemon=True).start()
@@ -267,7 +267,7 @@ def test_survives_dropped_connections_without_losing_or_repeating(
 
 @pytest.mark.parametrize("delay", [0.3, 1.2])
 def test_delayed_jobs_start_on_time(app: App, consumers: list[Consumer], delay: float) -> None:
-    from bananas_prefork.scheduler import Scheduler
+    from bananas_prefork.core.scheduler import Scheduler
 
     started: dict[str, float] = {}
 

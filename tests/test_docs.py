@@ -11,7 +11,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from bananas_prefork.reference import render
+from bananas_prefork.ops.reference import render
 
 ROOT = Path(__file__).resolve().parent.parent
 TOOLS = ("bash", "sh", "env", "dirname", "cut", "cat", "rm", "uname", "git")
@@ -19,7 +19,7 @@ TOOLS = ("bash", "sh", "env", "dirname", "cut", "cat", "rm", "uname", "git")
 
 def test_configuration_reference_is_generated_from_the_code() -> None:
     assert (ROOT / "docs" / "configuration.md").read_text() == render(), \
-        "docs/configuration.md is stale: python -m bananas_prefork.reference > it"
+        "docs/configuration.md is stale: python -m bananas_prefork.ops.reference > it"
 
 
 def quick_start_commands() -> list[str]:

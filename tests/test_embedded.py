@@ -14,7 +14,7 @@ import pytest
 import redis
 
 from bananas_prefork import App
-from bananas_prefork.embedded import answers
+from bananas_prefork.core.embedded import answers
 from tests.helpers import wait_until
 from tests.masters import ROOT, MasterFactory, toml
 
@@ -104,7 +104,7 @@ def test_embedded_server_is_restarted_when_it_dies(masters: MasterFactory, tmp_p
 # default a client tries next), so the scripts below point that default at a closed port.
 APP_SCRIPT = """
 import sys, time
-import bananas_prefork.embedded as embedded
+import bananas_prefork.core.embedded as embedded
 embedded.DEFAULT_URL = "redis://127.0.0.1:1/0"
 from bananas_prefork import App
 app = App(namespace=sys.argv[1])

@@ -8,7 +8,7 @@ import pytest
 import redis
 
 from bananas_prefork import App
-from bananas_prefork.keys import Keys
+from bananas_prefork.core.keys import Keys
 from tests.conftest import snapshot
 
 

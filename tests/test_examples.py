@@ -17,9 +17,9 @@ from pathlib import Path
 import pytest
 
 from bananas_prefork import App
-from bananas_prefork.config import load_file
+from bananas_prefork.core.config import load_file
+from bananas_prefork.core.keys import PRIORITIES
 from bananas_prefork.examples.tasks import app as demo_app
-from bananas_prefork.keys import PRIORITIES
 from tests.helpers import wait_until
 from tests.masters import ROOT, MasterFactory
 

@@ -18,7 +18,7 @@ import redis
 from redis.crc import key_slot
 
 from bananas_prefork import App
-from bananas_prefork.embedded import RedisServer
+from bananas_prefork.core.embedded import RedisServer
 from tests.apps.recorder import runs_key
 from tests.helpers import wait_until
 from tests.masters import ROOT, MasterFactory, toml

@@ -8,7 +8,7 @@ from typing import Any
 import redis
 
 from bananas_prefork import App
-from bananas_prefork.status import gather
+from bananas_prefork.ops.status import gather
 from tests.apps.recorder import runs_key
 from tests.helpers import wait_until
 from tests.masters import MasterFactory, toml

@@ -14,8 +14,8 @@ import pytest
 import redis
 
 from bananas_prefork import App
-from bananas_prefork.embedded import RedisServer
-from bananas_prefork.keys import Keys
+from bananas_prefork.core.embedded import RedisServer
+from bananas_prefork.core.keys import Keys
 from tests.apps.recorder import runs_key
 from tests.helpers import wait_until
 
@@ -121,7 +121,7 @@ def test_redis_restart_between_enqueue_and_fetch_loses_nothing(
     assert client.script_exists(app.broker.scripts.step.sha) == [False]
     assert app.queue_depths()["normal"]["record"] == 200
     spawn_consumer(private_redis.url, 2)
-    from bananas_prefork.scheduler import Scheduler
+    from bananas_prefork.core.scheduler import Scheduler
 
     scheduler = Scheduler(app.broker, identity="test", interval=0.2)
     import threading

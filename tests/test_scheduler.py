@@ -13,10 +13,10 @@ import pytest
 import redis
 
 from bananas_prefork import App
-from bananas_prefork.broker import LockLost
-from bananas_prefork.config import PeriodicConfig
-from bananas_prefork.periodic import Entry, PeriodicRunner, conflicts, entries_for, register
-from bananas_prefork.scheduler import Scheduler
+from bananas_prefork.core.broker import LockLost
+from bananas_prefork.core.config import PeriodicConfig
+from bananas_prefork.core.periodic import Entry, PeriodicRunner, conflicts, entries_for, register
+from bananas_prefork.core.scheduler import Scheduler
 from tests.apps.recorder import runs_key
 from tests.helpers import wait_until
 from tests.masters import MasterFactory, MasterProcess, toml
@@ -102,7 +102,7 @@ def test_a_paused_leader_cannot_act_after_losing_its_lease(
 
 
 def test_a_thousand_delayed_jobs_run_once_each(app: App, consumers: list) -> None:
-    from bananas_prefork.consumer import Consumer
+    from bananas_prefork.core.consumer import Consumer
 
     seen: list[str] = []
     lock = threading.Lock()

@@ -19,10 +19,10 @@ from prometheus_client.parser import text_string_to_metric_families
 from rich.console import Console
 
 from bananas_prefork import App
-from bananas_prefork.config import AlertsConfig
-from bananas_prefork.embedded import free_port
-from bananas_prefork.status import Publisher, evaluate, gather
-from bananas_prefork.status_view import render
+from bananas_prefork.core.config import AlertsConfig
+from bananas_prefork.core.embedded import free_port
+from bananas_prefork.ops.status import Publisher, evaluate, gather
+from bananas_prefork.ops.status_view import render
 from tests.helpers import wait_until
 from tests.masters import ROOT, MasterFactory, toml
 
@@ -194,7 +194,7 @@ def test_metrics_over_http(masters: MasterFactory, app: App) -> None:
 
 def test_dead_letter_commands(app: App, tmp_path: Path, redis_url: str, namespace: str,
                               consumers: list) -> None:
-    from bananas_prefork.consumer import Consumer
+    from bananas_prefork.core.consumer import Consumer
 
     @app.task(name="broken", max_retries=0)
     def broken(secret: str) -> None:

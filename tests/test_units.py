@@ -10,13 +10,13 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from bananas_prefork.config import PoolConfig
-from bananas_prefork.durations import format_duration, parse_duration
-from bananas_prefork.job import backoff_delay
-from bananas_prefork.monitor import KILL, TERM, Sample, judge
-from bananas_prefork.pool import FAILING_AFTER, Pool, Worker
-from bananas_prefork.scoreboard import Scoreboard, SlotView
-from bananas_prefork.stats import BUCKETS, StatsRecorder, TypeStats, merge
+from bananas_prefork.core.config import PoolConfig
+from bananas_prefork.core.durations import format_duration, parse_duration
+from bananas_prefork.core.job import backoff_delay
+from bananas_prefork.supervisor.monitor import KILL, TERM, Sample, judge
+from bananas_prefork.supervisor.pool import FAILING_AFTER, Pool, Worker
+from bananas_prefork.supervisor.scoreboard import Scoreboard, SlotView
+from bananas_prefork.supervisor.stats import BUCKETS, StatsRecorder, TypeStats, merge
 
 LIMITED = PoolConfig(name="p", max_memory_mb=100, max_memory_mb_hard=200)
 

@@ -27,9 +27,9 @@ from typing import Any, TextIO
 
 import redis
 
-from bananas_prefork.app import App
+from bananas_prefork.core.app import App
+from bananas_prefork.core.keys import PRIORITIES
 from bananas_prefork.examples.tasks import app as demo_app
-from bananas_prefork.keys import PRIORITIES
 
 TICK = 0.1  # seconds between batches: smooth load without a round trip per job
 DELAYED_SHARE = 0.1  # of jobs sent with a delay of 1-10 s

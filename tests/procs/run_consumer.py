@@ -11,7 +11,7 @@ import os
 import signal
 import sys
 
-from bananas_prefork.consumer import Consumer
+from bananas_prefork.core.consumer import Consumer
 from tests.apps.recorder import app
 
 

@@ -17,7 +17,7 @@ import sysconfig
 from pathlib import Path
 from typing import Any
 
-from .config import Deployment, import_app
+from ..core.config import Deployment, import_app
 
 _baseline: set[str] = set()
 _library_roots = tuple(

@@ -11,7 +11,7 @@ from typing import Any
 
 import psutil
 
-from .config import PoolConfig
+from ..core.config import PoolConfig
 from .monitor import Sample
 from .scoreboard import Scoreboard, SlotView
 from .stats import TypeStats

@@ -25,8 +25,8 @@ from prometheus_client.core import (
 from prometheus_client.process_collector import ProcessCollector
 from prometheus_client.registry import Collector
 
-from .broker import Broker
-from .stats import BUCKETS, OUTCOMES
+from ..core.broker import Broker
+from ..supervisor.stats import BUCKETS, OUTCOMES
 
 CLUSTER_CACHE = 1.0
 

@@ -21,13 +21,14 @@ from typing import Any
 
 import redis
 
-from . import child, monitor
-from .app import App
-from .broker import Broker
-from .child import EXIT_BOOT_ERROR, EXIT_OK, MASTER_SIGNALS, ChildSpec
-from .config import Deployment, PoolConfig
-from .consumer import failure_settlement, owner_id
-from .job import Job
+from ..core.app import App
+from ..core.broker import Broker
+from ..core.config import Deployment, PoolConfig
+from ..core.consumer import failure_settlement, owner_id
+from ..core.job import Job
+from . import child_main as child
+from . import monitor
+from .child_main import EXIT_BOOT_ERROR, EXIT_OK, MASTER_SIGNALS, ChildSpec
 from .pool import QUICK_DEATH, Pool, Worker, close_worker_resources
 from .scoreboard import Scoreboard
 from .stats import merge as merge_stats

@@ -19,7 +19,7 @@ _INCLUDE = re.compile(r"^--! include (\S+)\s*$", re.MULTILINE)
 @cache
 def script_source(name: str) -> str:
     """The full text of ``lua/<name>.lua`` with its ``--! include`` lines expanded."""
-    root = resources.files("bananas_prefork") / "lua"
+    root = resources.files("bananas_prefork.core") / "lua"
 
     def expand(match: re.Match[str]) -> str:
         return (root / match.group(1)).read_text()

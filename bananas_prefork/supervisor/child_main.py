@@ -21,12 +21,12 @@ from typing import Any, NoReturn
 
 from setproctitle import setproctitle
 
-from . import logs
-from .app import App
-from .config import Deployment, PoolConfig
-from .consumer import Consumer, ConsumerHooks
-from .job import Job
-from .scheduler import build_scheduler
+from ..core import logs
+from ..core.app import App
+from ..core.config import Deployment, PoolConfig
+from ..core.consumer import Consumer, ConsumerHooks
+from ..core.job import Job
+from ..core.scheduler import build_scheduler
 from .scoreboard import RUNNING, STOPPING, Scoreboard
 from .stats import StatsRecorder
 
@@ -139,7 +139,7 @@ class _Child:
     def _load_app(self) -> App:
         app = self.spec.app
         if self.spec.reimport_app:
-            from .reloader import reimport_app
+            from .loader import reimport_app
 
             app = reimport_app(self.spec.deployment)
         configure_app(app, self.spec.deployment)

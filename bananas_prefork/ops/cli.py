@@ -18,9 +18,9 @@ from typing import Annotated, Any, NoReturn
 import redis
 import typer
 
-from . import config as config_module
-from . import logs
-from .config import ConfigError, Deployment
+from ..core import config as config_module
+from ..core import logs
+from ..core.config import ConfigError, Deployment
 
 cli = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="bananas-prefork: a Redis job queue with a prefork supervisor.")
@@ -51,10 +51,10 @@ def start(
         help="text or json (overrides the file).")] = None,
 ) -> None:
     """Run the master in the foreground (systemd Type=notify ready)."""
-    from . import reloader
-    from .embedded import RedisUnavailable
-    from .master import Master
-    from .pidfile import PidfileError
+    from ..core.embedded import RedisUnavailable
+    from ..supervisor import loader as reloader
+    from ..supervisor.master import Master
+    from ..supervisor.pidfile import PidfileError
 
     deployment = load_deployment(file)
     level = (log_level or deployment.log_level).lower()
@@ -86,7 +86,7 @@ def check(file: Annotated[Path, typer.Argument(help="Deployment file (TOML).")])
 
 
 def _signal_master(file: Path | None, signum: int, action: str) -> int:
-    from .pidfile import read_pid
+    from ..supervisor.pidfile import read_pid
 
     source, pidfile = _pidfile_of(file, lenient=signum == signal.SIGTERM)
     if not pidfile:
@@ -146,7 +146,7 @@ def stop(
     wait: Annotated[bool, typer.Option(help="Wait until the master has exited.")] = False,
 ) -> None:
     """Stop the master gracefully (SIGTERM)."""
-    from .pidfile import is_master
+    from ..supervisor.pidfile import is_master
 
     pid = _signal_master(file, signal.SIGTERM, "stop")
     typer.echo(f"sent SIGTERM to master {pid}")
@@ -168,10 +168,10 @@ def _json_arg(text: str | None, expected: type, option: str) -> Any:
 
 def _client_app(redis_url: str | None, namespace: str | None, file: Path | None) -> Any:
     """An App for reading and writing jobs: --redis/--namespace, else the file, else the env."""
-    from .app import App, resolve_redis_url
-    from .broker import redis_url_problem
-    from .embedded import EMBEDDED, RedisUnavailable, running_url
-    from .keys import namespace_problem
+    from ..core.app import App, resolve_redis_url
+    from ..core.broker import redis_url_problem
+    from ..core.embedded import EMBEDDED, RedisUnavailable, running_url
+    from ..core.keys import namespace_problem
 
     for option, given, problem_of in (("--redis", redis_url, redis_url_problem),
                                       ("--namespace", namespace, namespace_problem)):
@@ -255,7 +255,7 @@ ShowArgsOpt = Annotated[bool, typer.Option("--show-args", help="Also print job a
 
 
 def _broker_or_fail(app: Any) -> Any:
-    from .embedded import RedisUnavailable
+    from ..core.embedded import RedisUnavailable
 
     try:
         app.broker.ping()
@@ -413,7 +413,7 @@ def demo(
     Uses the configured Redis, else one on 127.0.0.1:6379, else an embedded one
     (data in ./.bananas). Ctrl-C stops the load, then the master, gracefully.
     """
-    from .demo_runner import DemoRunner
+    from .demo import DemoRunner
 
     raise typer.Exit(DemoRunner(rate, duration, config).run())
 
@@ -430,7 +430,7 @@ def periodic_list(
     as_json: JsonOpt = False,
 ) -> None:
     """Every registered entry: schedule, next tick, which masters declare it."""
-    from . import periodic
+    from ..core import periodic
 
     entries = periodic.listing(_broker_or_fail(_client_app(redis_url, namespace, config)))
     if as_json:
@@ -457,7 +457,7 @@ def periodic_remove(
     config: ConfigOpt = None,
 ) -> None:
     """Take an entry out of the schedule (masters that still declare it add it back)."""
-    from . import periodic
+    from ..core import periodic
 
     if not periodic.remove(_broker_or_fail(_client_app(redis_url, namespace, config)), name):
         fail(f"no periodic entry {name!r}", 1)

@@ -27,12 +27,11 @@ from typing import Any
 import redis
 from setproctitle import setproctitle
 
-from . import periodic, reloader
-from .app import App, resolve_redis_url
-from .broker import Broker, connect
-from .child import configure_app
-from .config import ConfigError, Deployment, PoolConfig, load
-from .embedded import (
+from ..core import periodic
+from ..core.app import App, resolve_redis_url
+from ..core.broker import Broker, connect
+from ..core.config import ConfigError, Deployment, PoolConfig, load
+from ..core.embedded import (
     EMBEDDED,
     EmbeddedRedis,
     RedisUnavailable,
@@ -40,10 +39,12 @@ from .embedded import (
     running_url,
     wants_embedded,
 )
+from ..core.scheduler import leader_identity
+from ..ops.status import Publisher, node_id
+from . import loader as reloader
+from .child_main import configure_app
 from .pidfile import Pidfile
 from .pool import Pool
-from .scheduler import leader_identity
-from .status import Publisher, node_id
 from .systemd import Notifier
 from .workforce import Workforce, describe_exit, scheduler_child_wanted
 
@@ -415,7 +416,7 @@ class Master:
         port = self.deployment.metrics_port
         if port is None:
             return
-        from . import metrics
+        from ..ops import metrics
 
         try:
             self._metrics_server = metrics.serve(port, self.deployment.metrics_bind,

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 import psutil
 
-from .config import PoolConfig
+from ..core.config import PoolConfig
 from .scoreboard import SlotView
 
 KILL, TERM = "kill", "term"

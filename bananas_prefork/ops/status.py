@@ -24,9 +24,9 @@ import time
 from dataclasses import dataclass
 from typing import Any, cast
 
-from .broker import Broker
-from .config import AlertsConfig
-from .keys import PRIORITIES
+from ..core.broker import Broker
+from ..core.config import AlertsConfig
+from ..core.keys import PRIORITIES
 
 NODE_TTL = 60
 NODE_TTL_MAX = 86400  # index entries older than any node key can live are pruned
@@ -143,7 +143,7 @@ def gather(broker: Broker, alerts: AlertsConfig | None = None) -> dict[str, Any]
     token, remaining = broker.lock_holder()
     counts = broker.counts()
     depths, ages = broker.queue_report()
-    from .periodic import conflicts
+    from ..core.periodic import conflicts
 
     result: dict[str, Any] = {
         "time": now,

@@ -18,9 +18,9 @@ from typing import IO, Any
 import redis
 from rich.console import Console
 
-from .app import App, resolve_redis_url
-from .config import ConfigError, load_file
-from .embedded import RedisUnavailable, answers
+from ..core.app import App, resolve_redis_url
+from ..core.config import ConfigError, load_file
+from ..core.embedded import RedisUnavailable, answers
 from .status import gather
 from .status_view import render, watch
 
