@@ -45,7 +45,8 @@ from harness import (
 )
 from supervisedtasks import STARTED_KEY, app
 
-from bananas_prefork.core.broker import Broker, connect
+from bananas_prefork.core.broker import Broker
+from bananas_prefork.core.connection import connect
 from bananas_prefork.core.scheduler import Scheduler
 
 NAMESPACE = "benchsched"

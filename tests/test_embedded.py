@@ -104,8 +104,8 @@ def test_embedded_server_is_restarted_when_it_dies(masters: MasterFactory, tmp_p
 # default a client tries next), so the scripts below point that default at a closed port.
 APP_SCRIPT = """
 import sys, time
-import bananas_prefork.core.embedded as embedded
-embedded.DEFAULT_URL = "redis://127.0.0.1:1/0"
+import bananas_prefork.core.connection as connection
+connection.DEFAULT_URL = "redis://127.0.0.1:1/0"
 from bananas_prefork import App
 app = App(namespace=sys.argv[1])
 print(app.enqueue("record", args=[sys.argv[2]]), app.redis_url, flush=True)

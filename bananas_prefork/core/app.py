@@ -15,9 +15,9 @@ from functools import cached_property
 from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar
 
 from . import job as jobs
-from .broker import Broker, NewJob, connect, redis_url_problem
+from .broker import Broker, NewJob
+from .connection import EMBEDDED, connect, resolve, url_problem
 from .durations import parse_duration
-from .embedded import EMBEDDED
 from .job import JobInfo
 from .keys import PRIORITIES, namespace_problem
 
@@ -32,27 +32,6 @@ DEFAULT_RETRY_BACKOFF = 1.0
 DEFAULT_RETRY_BACKOFF_MAX = 600.0
 _NAME = re.compile(r"^[A-Za-z0-9_.:/@-]{1,200}$")
 _JOB_ID = re.compile(r"^[^\s,{}]{1,200}$")
-
-
-def resolve_redis_url(explicit: str | None = None, *, start_embedded: bool = False) -> str:
-    """``App()`` argument > BANANAS_REDIS_URL > REDIS_URL > the embedded default.
-
-    ``"embedded"`` (anywhere in that chain) means the embedded server a master
-    runs from this directory's ``.bananas`` (or ``$BANANAS_DATA_DIR``). With
-    nothing configured: that server if it runs, else 127.0.0.1:6379, else (only
-    with ``start_embedded``, as ``App()`` does) a server this process starts.
-    """
-    from .embedded import default_url, embedded_url, environment_url, url_for_app
-
-    found = ("redis_url", explicit) if explicit else environment_url()
-    if found is None:
-        return url_for_app() if start_embedded else default_url()
-    source, url = found
-    if url == EMBEDDED:
-        return embedded_url()
-    if problem := redis_url_problem(url):
-        raise ValueError(f"{source}: {problem}")
-    return url
 
 
 class Task(Generic[P, R]):
@@ -100,7 +79,7 @@ class App:
                  result_ttl: float = 3600, dead_ttl: float = 7 * 86400,
                  owner_ttl: float = 30.0, max_redeliveries: int = 3) -> None:
         self._redis_url = redis_url
-        if redis_url not in (None, EMBEDDED) and (problem := redis_url_problem(redis_url)):
+        if redis_url not in (None, EMBEDDED) and (problem := url_problem(redis_url)):
             raise ValueError(f"redis_url: {problem}")
         self.namespace = namespace or os.environ.get("BANANAS_NAMESPACE") or "bananas"
         if problem := namespace_problem(self.namespace):
@@ -117,7 +96,7 @@ class App:
     @property
     def redis_url(self) -> str:
         if self._redis_url is None:
-            self._redis_url = resolve_redis_url(start_embedded=True)
+            self._redis_url = resolve(start_embedded=True)
         return self._redis_url
 
     def configure(self, *, redis_url: str | None = None, namespace: str | None = None,

@@ -11,11 +11,8 @@ import logging
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, cast
-from urllib.parse import urlsplit
 
 import redis
-from redis.backoff import ExponentialWithJitterBackoff
-from redis.retry import Retry
 
 from .job import Job, JobInfo
 from .keys import PRIORITIES, Keys
@@ -25,40 +22,6 @@ log = logging.getLogger(__name__)
 
 SUCCEEDED, RETRY, DEAD = "succeeded", "retry", "dead"
 LOST_OWNERSHIP = -1
-
-
-def redis_url_problem(url: str) -> str | None:
-    """What is wrong with a Redis URL, or None when it can be used (never echoes a password)."""
-    if not url.startswith(("redis://", "rediss://", "unix://")):
-        return 'must start with redis://, rediss:// or unix:// (or be "embedded")'
-    try:
-        redis.connection.parse_url(url)
-    except ValueError as exc:
-        return str(exc)
-    database = urlsplit(url).path.strip("/")
-    if not url.startswith("unix://") and database and not database.isdigit():
-        return f"the database is a number (redis://host:port/0), got {database!r}"
-    return None
-
-
-def connect(url: str, *, max_connections: int | None = None) -> redis.Redis:
-    """A client that retries dropped connections with backoff and jitter.
-
-    A retried call is safe: every script is idempotent for the same arguments
-    (job ids are chosen by the client, a slot's fetch is handed back, a second
-    settle of a run is a no-op).
-    """
-    return redis.Redis.from_url(
-        url,
-        decode_responses=True,
-        socket_connect_timeout=5.0,
-        socket_timeout=30.0,
-        socket_keepalive=True,
-        health_check_interval=30,
-        max_connections=max_connections,
-        retry=Retry(ExponentialWithJitterBackoff(cap=1.0, base=0.05), retries=3),
-        retry_on_error=[redis.ConnectionError, redis.TimeoutError],
-    )
 
 
 @dataclass(frozen=True)

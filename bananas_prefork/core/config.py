@@ -20,8 +20,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from . import settings as s
-from .broker import redis_url_problem
-from .embedded import EMBEDDED, URL_VARIABLES, environment_url
+from .connection import EMBEDDED, URL_VARIABLES, environment_url, url_problem
 from .keys import PRIORITIES, namespace_problem
 from .periodic import check_schedule
 from .settings import declared, setting
@@ -425,7 +424,7 @@ def _checked(deployment: Deployment, reader: _Reader) -> Deployment:
     if deployment.alerts.utilization > 1:
         raise reader.error(("alerts", "utilization"), "is a share between 0 and 1")
     if deployment.redis_url not in (None, EMBEDDED) and (
-            problem := redis_url_problem(deployment.redis_url or "")):
+            problem := url_problem(deployment.redis_url or "")):
         raise reader.error(("redis_url",), problem)
     if deployment.namespace is not None and (problem := namespace_problem(deployment.namespace)):
         raise reader.error(("namespace",), problem)
@@ -436,7 +435,7 @@ def _checked(deployment: Deployment, reader: _Reader) -> Deployment:
 def _check_environment_fallbacks(deployment: Deployment) -> None:
     """What the environment supplies where the deployment is silent must be usable too."""
     found = environment_url() if deployment.redis_url is None else None
-    if found and found[1] != EMBEDDED and (problem := redis_url_problem(found[1])):
+    if found and found[1] != EMBEDDED and (problem := url_problem(found[1])):
         raise ConfigError("environment", found[0], problem)
     # Checked even when the file names a namespace: the App() in the application
     # module reads it at import and would fail there, blaming the import.

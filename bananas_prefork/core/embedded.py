@@ -33,8 +33,6 @@ from pathlib import Path
 
 import redis
 
-DEFAULT_URL = "redis://127.0.0.1:6379/0"
-EMBEDDED = "embedded"
 URL_FILE = "redis.url"
 _PR_SET_PDEATHSIG = 1
 
@@ -211,7 +209,8 @@ def running_url(data_dir: str | os.PathLike[str]) -> str | None:
     return url if url and answers(url) else None
 
 
-def _data_dir() -> str:
+def data_dir() -> str:
+    """The embedded server's data dir for processes without a deployment file."""
     return os.environ.get("BANANAS_DATA_DIR", ".bananas")
 
 
@@ -231,15 +230,15 @@ _own_server: EmbeddedRedis | None = None
 _own_server_lock = threading.Lock()
 
 
-def url_for_app() -> str:
+def url_for_app(local_url: str) -> str:
     """Where ``App()`` connects when nothing is configured: the embedded default.
 
-    This directory's running embedded server, else a Redis on 127.0.0.1:6379,
-    else a server of this process's own, started now in the same data dir (so
-    a master started there later finds the jobs) and stopped at exit.
+    This directory's running embedded server, else ``local_url`` if a Redis
+    answers there, else a server of this process's own, started now in the same
+    data dir (so a master started there later finds the jobs) and stopped at exit.
     """
-    data_dir = _data_dir()
-    url = running_url(data_dir) or (DEFAULT_URL if answers(DEFAULT_URL) else None)
+    directory = data_dir()
+    url = running_url(directory) or (local_url if answers(local_url) else None)
     if url is not None:
         return url
     global _own_server
@@ -248,7 +247,7 @@ def url_for_app() -> str:
             return _own_server.url
         # PR_SET_PDEATHSIG fires when the forking *thread* ends: only the main thread's
         # lifetime is the process's. From another thread the exit hook alone stops it.
-        server = EmbeddedRedis(data_dir, appendfsync="always",
+        server = EmbeddedRedis(directory, appendfsync="always",
                                die_with_parent=threading.current_thread() is
                                threading.main_thread())
         try:
@@ -259,43 +258,17 @@ def url_for_app() -> str:
         _own_server = server
     log.warning("no Redis configured and none on 127.0.0.1:6379: started an embedded "
                 "redis-server for this process (data in %s, kept when it exits; a master "
-                "started from this directory runs the jobs)", Path(data_dir).resolve())
+                "started from this directory runs the jobs)", Path(directory).resolve())
     return server.url
 
 
 def embedded_url() -> str:
     """The URL of this directory's embedded server, whether or not it runs yet."""
     try:
-        return (Path(_data_dir()) / URL_FILE).read_text().strip()
+        return (Path(data_dir()) / URL_FILE).read_text().strip()
     except OSError:
-        raise RedisUnavailable(f"no embedded Redis has run from {_data_dir()} yet: start a "
+        raise RedisUnavailable(f"no embedded Redis has run from {data_dir()} yet: start a "
                                "master there first, or give a Redis URL") from None
-
-
-def default_url() -> str:
-    """Where a client connects when nothing is configured.
-
-    A running embedded server of this directory (``$BANANAS_DATA_DIR`` or
-    ``./.bananas``), else the conventional local Redis.
-    """
-    return running_url(_data_dir()) or DEFAULT_URL
-
-
-URL_VARIABLES = ("BANANAS_REDIS_URL", "REDIS_URL")  # in this order; empty counts as unset
-
-
-def environment_url() -> tuple[str, str] | None:
-    """(variable, URL) of the Redis URL the environment gives, if it gives one."""
-    return next(((name, os.environ[name]) for name in URL_VARIABLES if os.environ.get(name)),
-                None)
-
-
-def wants_embedded(configured: str | None) -> bool:
-    """Whether a master should use an embedded server rather than a configured Redis."""
-    if configured:
-        return configured == EMBEDDED
-    found = environment_url()
-    return found[1] == EMBEDDED if found else not answers(DEFAULT_URL)
 
 
 class EmbeddedRedis:

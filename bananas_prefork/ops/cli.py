@@ -21,6 +21,7 @@ import typer
 from ..core import config as config_module
 from ..core import logs
 from ..core.config import ConfigError, Deployment
+from ..core.connection import redact
 
 cli = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="bananas-prefork: a Redis job queue with a prefork supervisor.")
@@ -168,12 +169,12 @@ def _json_arg(text: str | None, expected: type, option: str) -> Any:
 
 def _client_app(redis_url: str | None, namespace: str | None, file: Path | None) -> Any:
     """An App for reading and writing jobs: --redis/--namespace, else the file, else the env."""
-    from ..core.app import App, resolve_redis_url
-    from ..core.broker import redis_url_problem
-    from ..core.embedded import EMBEDDED, RedisUnavailable, running_url
+    from ..core.app import App
+    from ..core.connection import EMBEDDED, resolve, url_problem
+    from ..core.embedded import RedisUnavailable, running_url
     from ..core.keys import namespace_problem
 
-    for option, given, problem_of in (("--redis", redis_url, redis_url_problem),
+    for option, given, problem_of in (("--redis", redis_url, url_problem),
                                       ("--namespace", namespace, namespace_problem)):
         if given is not None and not given.strip():
             fail(f"{option}: must not be empty", 2)
@@ -189,7 +190,7 @@ def _client_app(redis_url: str | None, namespace: str | None, file: Path | None)
         url = running
     ns = namespace or (deployment.namespace if deployment else None)
     try:  # a command never starts a server: it works with one that runs
-        app = App(resolve_redis_url(url), namespace=ns)
+        app = App(resolve(url), namespace=ns)
     except RedisUnavailable as exc:
         fail(exc, 1)
     except ValueError as exc:  # from the environment: the message names the variable
@@ -231,7 +232,7 @@ def enqueue(
     except ValueError as exc:
         fail(exc, 2)
     except redis.RedisError as exc:
-        fail(f"cannot reach Redis at {app.redis_url}: {exc}", 1)
+        fail(f"cannot reach Redis at {redact(app.redis_url)}: {exc}", 1)
     typer.echo(job_id)
 
 
@@ -262,7 +263,7 @@ def _broker_or_fail(app: Any) -> Any:
     except RedisUnavailable as exc:
         fail(exc, 1)
     except redis.RedisError as exc:
-        fail(f"cannot reach Redis at {app.redis_url}: {exc}", 1)
+        fail(f"cannot reach Redis at {redact(app.redis_url)}: {exc}", 1)
     return app.broker
 
 

@@ -18,8 +18,9 @@ from typing import IO, Any
 import redis
 from rich.console import Console
 
-from ..core.app import App, resolve_redis_url
+from ..core.app import App
 from ..core.config import ConfigError, load_file
+from ..core.connection import resolve
 from ..core.embedded import RedisUnavailable, answers
 from .status import gather
 from .status_view import render, watch
@@ -80,7 +81,7 @@ class DemoRunner:
                                    f"{log_path.read_text(errors='replace')[-3000:]}")
                 return None
             try:
-                url = resolve_redis_url()
+                url = resolve()
             except RedisUnavailable:  # the master has not started its embedded Redis yet
                 url = ""
             if url and answers(url):

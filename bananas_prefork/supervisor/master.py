@@ -17,7 +17,6 @@ import enum
 import logging
 import os
 import random
-import re
 import selectors
 import signal
 import socket
@@ -28,17 +27,11 @@ import redis
 from setproctitle import setproctitle
 
 from ..core import periodic
-from ..core.app import App, resolve_redis_url
-from ..core.broker import Broker, connect
+from ..core.app import App
+from ..core.broker import Broker
 from ..core.config import ConfigError, Deployment, PoolConfig, load
-from ..core.embedded import (
-    EMBEDDED,
-    EmbeddedRedis,
-    RedisUnavailable,
-    answers,
-    running_url,
-    wants_embedded,
-)
+from ..core.connection import EMBEDDED, connect, redact, resolve, wants_embedded
+from ..core.embedded import EmbeddedRedis, RedisUnavailable, answers, running_url
 from ..core.scheduler import leader_identity
 from ..ops.status import Publisher, node_id
 from . import loader as reloader
@@ -242,7 +235,7 @@ class Master:
         if self.embedded_url is not None and deployment.redis_url in (None, EMBEDDED):
             return dataclasses.replace(deployment, redis_url=self.embedded_url)
         if deployment.redis_url is None:
-            return dataclasses.replace(deployment, redis_url=resolve_redis_url())
+            return dataclasses.replace(deployment, redis_url=resolve())
         return deployment
 
     def _supervise_embedded(self) -> None:
@@ -257,7 +250,7 @@ class Master:
                 self._next_embedded_start = time.monotonic() + 1.0
                 return
             log.warning("the shared embedded Redis at %s went away; starting ours",
-                        _hide_password(self.embedded_url))
+                        redact(self.embedded_url))
             server = self.embedded = EmbeddedRedis(self.embedded_dir)
         elif server.pid is not None:
             return
@@ -269,7 +262,7 @@ class Master:
             return
         log.info("embedded Redis %s running at %s (pid %d, data in %s); commands run from "
                  "this directory find it, elsewhere pass --redis", server.server.binary,
-                 _hide_password(server.url), server.pid, server.data_dir)
+                 redact(server.url), server.pid, server.data_dir)
 
     @staticmethod
     def _make_broker(app: App) -> Broker:
@@ -611,6 +604,3 @@ def _pid_alive(pid: int) -> bool:
         return True
     return True
 
-
-def _hide_password(url: str) -> str:
-    return re.sub(r"//:[^@]*@", "//:***@", url)
