@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 
 from bananas_prefork.core.config import PoolConfig
 from bananas_prefork.core.durations import format_duration, parse_duration
-from bananas_prefork.core.job import backoff_delay
+from bananas_prefork.core.retry import RetryPolicy
 from bananas_prefork.supervisor.monitor import KILL, TERM, Sample, judge
 from bananas_prefork.supervisor.pool import FAILING_AFTER, Pool, Worker
 from bananas_prefork.supervisor.scoreboard import Scoreboard, SlotView
@@ -164,6 +164,6 @@ def test_bad_durations_say_what_is_allowed(bad: object) -> None:
 def test_backoff_grows_with_jitter_and_respects_the_cap(attempt: int, base: float,
                                                         rand: float) -> None:
     cap = 600.0
-    delay = backoff_delay(attempt, base, cap, rand)
+    delay = RetryPolicy(3, base, cap).delay(attempt, rand)
     step = min(cap, base * 2 ** (attempt - 1))
     assert step / 2 <= delay <= step

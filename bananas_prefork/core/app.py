@@ -20,6 +20,7 @@ from .connection import EMBEDDED, connect, resolve, url_problem
 from .durations import parse_duration
 from .job import JobInfo
 from .keys import PRIORITIES, namespace_problem
+from .retry import DEFAULT_BACKOFF, DEFAULT_BACKOFF_MAX, DEFAULT_MAX_RETRIES, RetryPolicy
 
 if TYPE_CHECKING:
     from .config import PeriodicConfig
@@ -27,9 +28,6 @@ if TYPE_CHECKING:
 P = ParamSpec("P")
 R = TypeVar("R")
 
-DEFAULT_MAX_RETRIES = 3
-DEFAULT_RETRY_BACKOFF = 1.0
-DEFAULT_RETRY_BACKOFF_MAX = 600.0
 _NAME = re.compile(r"^[A-Za-z0-9_.:/@-]{1,200}$")
 _JOB_ID = re.compile(r"^[^\s,{}]{1,200}$")
 
@@ -38,16 +36,13 @@ class Task(Generic[P, R]):
     """A registered function and its defaults; calling it runs it here and now."""
 
     def __init__(self, app: App, fn: Callable[P, R], *, name: str, priority: str,
-                 max_retries: int, timeout: float | None, retry_backoff: float,
-                 retry_backoff_max: float) -> None:
+                 timeout: float | None, retry: RetryPolicy) -> None:
         self.app = app
         self.fn = fn
         self.name = name
         self.priority = priority
-        self.max_retries = max_retries
         self.timeout = timeout
-        self.retry_backoff = retry_backoff
-        self.retry_backoff_max = retry_backoff_max
+        self.retry = retry
         self.__doc__ = fn.__doc__
         self.__name__ = getattr(fn, "__name__", name)
 
@@ -122,19 +117,18 @@ class App:
 
     def task(self, fn: Callable[P, R] | None = None, *, name: str | None = None,
              priority: str = "normal", max_retries: int = DEFAULT_MAX_RETRIES,
-             timeout: float | str | None = None, retry_backoff: float = DEFAULT_RETRY_BACKOFF,
-             retry_backoff_max: float = DEFAULT_RETRY_BACKOFF_MAX) -> Any:
+             timeout: float | str | None = None, retry_backoff: float | str = DEFAULT_BACKOFF,
+             retry_backoff_max: float | str = DEFAULT_BACKOFF_MAX) -> Any:
         """Register a function as a task: ``@app.task`` or ``@app.task(name=..., ...)``."""
 
         def register(func: Callable[P, R]) -> Task[P, R]:
             task_name = _check_name(name or func.__name__)
             if task_name in self.tasks and self.tasks[task_name].fn is not func:
                 raise ValueError(f"task {task_name!r} is already registered")
+            retry = RetryPolicy(_check_retries(max_retries), parse_duration(retry_backoff),
+                                parse_duration(retry_backoff_max))
             task = Task(self, func, name=task_name, priority=_check_priority(priority),
-                        max_retries=_check_retries(max_retries),
-                        timeout=_check_timeout(timeout),
-                        retry_backoff=parse_duration(retry_backoff),
-                        retry_backoff_max=parse_duration(retry_backoff_max))
+                        timeout=_check_timeout(timeout), retry=retry)
             self.tasks[task_name] = task
             return task
 

@@ -26,16 +26,11 @@ from collections.abc import Sequence
 import redis
 
 from . import job as jobs
-from .app import (
-    DEFAULT_MAX_RETRIES,
-    DEFAULT_RETRY_BACKOFF,
-    DEFAULT_RETRY_BACKOFF_MAX,
-    App,
-    Task,
-)
+from .app import App, Task
 from .broker import DEAD, LOST_OWNERSHIP, RETRY, SUCCEEDED, Broker, Settlement, StepChannel
 from .job import Job, JobContext
 from .keys import ANY_TYPE, PRIORITIES
+from .retry import DEFAULT_POLICY
 
 log = logging.getLogger(__name__)
 
@@ -310,8 +305,9 @@ class Consumer:
             return Settlement(DEAD, job, str(exc))
 
     def _failure(self, job: Job, task: Task[..., object], exc: BaseException) -> Settlement:
-        return failure_settlement(job, task, f"{type(exc).__name__}: {exc}",
-                                  traceback.format_exc()[-MAX_TRACEBACK:])
+        policy = task.retry if task else DEFAULT_POLICY
+        return policy.settle_failure(job, f"{type(exc).__name__}: {exc}",
+                                     traceback.format_exc()[-MAX_TRACEBACK:])
 
     # -- standalone liveness ---------------------------------------------------
 
@@ -328,19 +324,3 @@ class Consumer:
             except redis.RedisError as exc:
                 log.warning("heartbeat failed: %s", exc)
 
-
-def failure_settlement(job: Job, task: Task[..., object] | None, error: str,
-                       trace: str = "") -> Settlement:
-    """Retry with backoff while the job has retries left, else dead.
-
-    Per-job options (set at enqueue) win over the task's; a job whose task this
-    process does not know gets the defaults.
-    """
-    options = job.options()
-    max_retries = options.get("max_retries", task.max_retries if task else DEFAULT_MAX_RETRIES)
-    if job.attempt > max_retries:
-        return Settlement(DEAD, job, error, trace)
-    base = task.retry_backoff if task else DEFAULT_RETRY_BACKOFF
-    cap = task.retry_backoff_max if task else DEFAULT_RETRY_BACKOFF_MAX
-    delay = jobs.backoff_delay(job.attempt, base, cap, random.random())
-    return Settlement(RETRY, job, error, trace, delay)

@@ -17,7 +17,6 @@ A job is one Redis hash (``Keys.job``). Its fields:
 from __future__ import annotations
 
 import json
-import math
 from collections.abc import Mapping, Sequence
 from contextvars import ContextVar, Token
 from dataclasses import dataclass, field
@@ -183,16 +182,6 @@ class JobInfo:
             data["args"] = self.args
             data["kwargs"] = self.kwargs
         return data
-
-
-def backoff_delay(attempt: int, base: float, cap: float, rand: float) -> float:
-    """Full-jitter exponential backoff: the n-th retry waits about base * 2**(n-1).
-
-    ``rand`` in [0, 1) spreads retries between half and the whole of the step,
-    so a burst of failures does not come back as a burst.
-    """
-    step = min(cap, base * math.pow(2.0, max(0, attempt - 1)))
-    return step * (0.5 + rand / 2.0)
 
 
 _current: ContextVar[JobContext | None] = ContextVar("bananas_current_job", default=None)

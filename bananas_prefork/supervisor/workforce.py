@@ -24,8 +24,9 @@ import redis
 from ..core.app import App
 from ..core.broker import Broker
 from ..core.config import Deployment, PoolConfig
-from ..core.consumer import failure_settlement, owner_id
+from ..core.consumer import owner_id
 from ..core.job import Job
+from ..core.retry import DEFAULT_POLICY
 from . import child_main as child
 from . import monitor
 from .child_main import EXIT_BOOT_ERROR, EXIT_OK, MASTER_SIGNALS, ChildSpec
@@ -262,10 +263,11 @@ class Workforce:
                 return
             job = Job(info.id, info.name, info.priority, "[]", "{}", json.dumps(info.options),
                       slot.attempt, info.enqueued_at)
-            settlement = failure_settlement(
-                job, self.app.tasks.get(info.name),
-                f"TimeoutError: ran longer than its {slot.timeout:g}s hard limit; "
-                "its worker was killed")
+            task = self.app.tasks.get(info.name)
+            policy = task.retry if task else DEFAULT_POLICY
+            settlement = policy.settle_failure(
+                job, f"TimeoutError: ran longer than its {slot.timeout:g}s hard limit; "
+                     "its child was killed")
             self.broker.step(worker.owner, slot.slot, settlement, False, (), ())
         except redis.RedisError as exc:
             log.warning("cannot fail timed-out job %s (%s); it will be returned", slot.job_id,
