@@ -13,10 +13,11 @@ from pathlib import Path
 
 import pytest
 
-from bananas_prefork.core.config import Deployment, import_app, load_environment, load_file
+from bananas_prefork.core.config import Deployment, load_environment, load_file
 from bananas_prefork.core.durations import parse_duration
 from bananas_prefork.core.keys import PRIORITIES
 from bananas_prefork.examples.tasks import app as demo_app
+from bananas_prefork.supervisor.loader import import_app
 from tests.masters import ROOT
 
 UNITS = ("bananas-prefork.service", "bananas-prefork@.service")

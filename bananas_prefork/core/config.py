@@ -8,11 +8,9 @@ file, the line; the CLI prints it as one line and exits 2.
 from __future__ import annotations
 
 import dataclasses
-import importlib
 import math
 import os
 import re
-import sys
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -511,37 +509,12 @@ def _env_checked(check: Any, cls: type, used: Mapping[str, str]) -> Any:
         raise _env_error(cls, exc, used) from None
 
 
-# -- the application ------------------------------------------------------------------------
-
-
-def import_app(deployment: Deployment) -> Any:
-    """Import the deployment's App; any failure is a config error on the ``app`` key."""
-    from .app import App
-
-    spec = deployment.app
-    module_name, _, attribute = spec.partition(":")
-    attribute = attribute or "app"
-    reader = _Reader(deployment.source, _locator_for(deployment.source))
-    if os.getcwd() not in sys.path:
-        sys.path.insert(0, os.getcwd())
-    try:
-        module = importlib.import_module(module_name)
-    except BaseException as exc:  # any failure to import is the user's to fix
-        raise _app_error(reader, deployment,
-                         f"cannot import {module_name!r}: {type(exc).__name__}: {exc}") from None
-    target: Any = module
-    for part in attribute.split("."):
-        target = getattr(target, part, None)
-    if not isinstance(target, App):
-        raise _app_error(reader, deployment, f"{spec!r} is not an App (found "
-                         f"{type(target).__name__}); point it at the App instance")
-    return target
-
-
-def _app_error(reader: _Reader, deployment: Deployment, message: str) -> ConfigError:
+def error_at(deployment: Deployment, key: str, message: str) -> ConfigError:
+    """A mistake about one top-level setting of a loaded deployment, with its line."""
     if deployment.source == "environment":
-        return ConfigError("environment", "BANANAS_APP", message)
-    return reader.error(("app",), message)
+        field = next(f for f in declared(Deployment) if f.name == key)
+        return ConfigError("environment", _env_names(field)[0], message)
+    return _Reader(deployment.source, _locator_for(deployment.source)).error((key,), message)
 
 
 def _locator_for(source: str) -> KeyLocator | None:

@@ -22,6 +22,7 @@ from ..core import config as config_module
 from ..core import logs
 from ..core.config import ConfigError, Deployment
 from ..core.connection import redact
+from ..supervisor import loader
 
 cli = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="bananas-prefork: a Redis job queue with a prefork supervisor.")
@@ -53,7 +54,6 @@ def start(
 ) -> None:
     """Run the master in the foreground (systemd Type=notify ready)."""
     from ..core.embedded import RedisUnavailable
-    from ..supervisor import loader as reloader
     from ..supervisor.master import Master
     from ..supervisor.pidfile import PidfileError
 
@@ -64,7 +64,7 @@ def start(
         fail("--log-level is debug, info, warning or error; --log-format is text or json", 2)
     logs.setup(level, fmt)
     try:
-        app = reloader.first_import(deployment)
+        app = loader.first_import(deployment)
         code = Master(deployment, app, config_path=str(file) if file else None).run()
     except ConfigError as exc:
         fail(exc, 2)
@@ -78,7 +78,7 @@ def check(file: Annotated[Path, typer.Argument(help="Deployment file (TOML).")])
     """Validate a deployment file (and import its app) without starting anything."""
     deployment = load_deployment(file)
     try:
-        app = config_module.import_app(deployment)
+        app = loader.import_app(deployment)
     except ConfigError as exc:
         fail(exc, 2)
     typer.echo(f"{file}: OK (app {deployment.app}, {len(app.tasks)} task(s))")
@@ -243,7 +243,7 @@ def _learn_tasks(app: Any, file: Path | None) -> None:
         return
     try:
         deployment = load_deployment(file) if file else None
-        imported = config_module.import_app(deployment or Deployment(app=app_path or ""))
+        imported = loader.import_app(deployment or Deployment(app=app_path or ""))
     except ConfigError as exc:
         typer.echo(f"bananas-prefork: warning: task defaults not applied: {exc}", err=True)
         return

@@ -1,4 +1,5 @@
-"""Importing the application, and importing it again for a code deploy.
+"""Importing the application: the one place that does it, for ``check``, ``start``,
+``enqueue --config``, a code deploy and a child that does not preload.
 
 The master imports the app once before forking (children share it
 copy-on-write). A code deploy must not be defeated by that preload: before
@@ -12,12 +13,13 @@ from __future__ import annotations
 
 import gc
 import importlib
+import os
 import sys
 import sysconfig
 from pathlib import Path
-from typing import Any
 
-from ..core.config import Deployment, import_app
+from ..core.app import App
+from ..core.config import Deployment, error_at
 
 _baseline: set[str] = set()
 _library_roots = tuple(
@@ -27,8 +29,29 @@ _library_roots = tuple(
 )
 
 
-def first_import(deployment: Deployment) -> Any:
-    """Import the app, remembering which modules were there before it."""
+def import_app(deployment: Deployment) -> App:
+    """Import the deployment's App; any failure is a ConfigError on the ``app`` key."""
+    spec = deployment.app
+    module_name, _, attribute = spec.partition(":")
+    if os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())
+    try:
+        module = importlib.import_module(module_name)
+    except BaseException as exc:  # any failure to import is the user's to fix
+        raise error_at(deployment, "app", f"cannot import {module_name!r}: "
+                                          f"{type(exc).__name__}: {exc}") from None
+    target: object = module
+    for part in (attribute or "app").split("."):
+        target = getattr(target, part, None)
+    if not isinstance(target, App):
+        raise error_at(deployment, "app", f"{spec!r} is not an App (found "
+                                          f"{type(target).__name__}); point it at the App "
+                                          "instance")
+    return target
+
+
+def first_import(deployment: Deployment) -> App:
+    """Import the app in the master, remembering which modules were there before it."""
     _baseline.update(sys.modules)
     app = import_app(deployment)
     freeze_for_fork()
@@ -54,7 +77,7 @@ def _is_application_module(name: str) -> bool:
     return not str(Path(filename).resolve()).startswith(_library_roots)
 
 
-def reimport_app(deployment: Deployment) -> Any:
+def reimport_app(deployment: Deployment) -> App:
     """Forget the application's modules and import the app again (fresh code).
 
     Raises ConfigError (with the old modules restored) if the new code fails.

@@ -34,7 +34,7 @@ from ..core.connection import EMBEDDED, connect, redact, resolve, wants_embedded
 from ..core.embedded import EmbeddedRedis, RedisUnavailable, answers, running_url
 from ..core.scheduler import leader_identity
 from ..ops.status import Publisher, node_id
-from . import loader as reloader
+from . import loader
 from .child_main import configure_app
 from .pidfile import Pidfile
 from .pool import Pool
@@ -445,7 +445,7 @@ class Master:
         self.notifier.reloading()
         try:
             new = self._resolve(load(self.config_path))
-            app = reloader.reimport_app(new)
+            app = loader.reimport_app(new)
         except ConfigError as exc:
             self.reload_error = str(exc)
             log.error("reload failed; the running configuration stays: %s", exc)
@@ -494,7 +494,7 @@ class Master:
         """USR2: import fresh application code, then roll every pool onto it, one by one."""
         self.notifier.reloading()
         try:
-            app = reloader.reimport_app(self.deployment)
+            app = loader.reimport_app(self.deployment)
         except ConfigError as exc:
             self.reload_error = str(exc)
             log.error("code reload failed; the running code stays: %s", exc)
