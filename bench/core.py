@@ -330,7 +330,7 @@ def delayed_lateness(bench: Bench, workers: Sequence[subprocess.Popen[bytes]]) -
     opts = bench.opts
     bench.reset_counter(STARTED_KEY)
     rng = random.Random(1)
-    scheduler = Scheduler(app.broker, identity="bench", interval=1.0)
+    scheduler = Scheduler(app.broker, interval=1.0)
     thread = threading.Thread(target=scheduler.run, name="bench-scheduler", daemon=True)
     thread.start()
     try:

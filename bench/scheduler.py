@@ -47,6 +47,7 @@ from supervisedtasks import STARTED_KEY, app
 
 from bananas_prefork.core.broker import Broker
 from bananas_prefork.core.connection import connect
+from bananas_prefork.core.leadership import LeaderLock
 from bananas_prefork.core.scheduler import Scheduler
 
 NAMESPACE = "benchsched"
@@ -93,7 +94,7 @@ def _wait_leader(run: MasterRun, timeout: float) -> None:
     identity = f"{socket.gethostname()}:{run.pid}:"
 
     def leading() -> bool:
-        token, _ = app.broker.lock_holder()
+        token, _ = LeaderLock(app.broker).holder()
         return bool(token and token.startswith(identity))
 
     wait_for(leading, timeout, "the master's scheduler leading", 0.05)
@@ -158,7 +159,7 @@ def measure_promotion(sess: Session, opts: argparse.Namespace, batch: int) -> Re
         raise BenchError("the backlog is not all scheduled (did something promote it?)")
     saved = _slowlog_on(admin, opts.slowlog_threshold_us)
     broker = TimedBroker(connect(sess.url), NAMESPACE)
-    scheduler = Scheduler(broker, identity="bench", interval=1.0, batch=batch)
+    scheduler = Scheduler(broker, interval=1.0, batch=batch)
     thread = threading.Thread(target=scheduler.run, name="bench-scheduler", daemon=True)
     t0 = time.perf_counter()
     thread.start()

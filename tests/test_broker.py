@@ -11,6 +11,7 @@ from bananas_prefork import App
 from bananas_prefork.core.broker import DEAD, LOST_OWNERSHIP, RETRY, SUCCEEDED, LockLost, Settlement
 from bananas_prefork.core.job import Job
 from bananas_prefork.core.keys import PRIORITIES, Keys
+from bananas_prefork.core.leadership import LeaderLock
 from tests.conftest import snapshot
 
 ALL = ["*"]
@@ -212,19 +213,19 @@ def test_promotion_is_fenced_by_the_lock(app: App) -> None:
     time.sleep(0.05)
     with pytest.raises(LockLost):
         app.broker.promote_due("not-the-leader")
-    assert app.broker.acquire_lock("me", lease=5)
-    assert not app.broker.acquire_lock("you", lease=5)
+    assert LeaderLock(app.broker).acquire("me", lease=5)
+    assert not LeaderLock(app.broker).acquire("you", lease=5)
     with pytest.raises(LockLost):
         app.broker.promote_due("you")
     assert app.broker.promote_due("me") == (1, None)
     assert app.job(job_id).state == "queued"
-    assert not app.broker.renew_lock("you", 5) and app.broker.renew_lock("me", 5)
-    assert not app.broker.release_lock("you") and app.broker.release_lock("me")
+    assert not LeaderLock(app.broker).renew("you", 5) and LeaderLock(app.broker).renew("me", 5)
+    assert not LeaderLock(app.broker).release("you") and LeaderLock(app.broker).release("me")
 
 
 def test_promotion_reports_time_to_next_due(app: App) -> None:
     app.enqueue("send_email", delay=100)
-    app.broker.acquire_lock("me", lease=5)
+    LeaderLock(app.broker).acquire("me", lease=5)
     promoted, wait = app.broker.promote_due("me")
     assert promoted == 0 and 98 < wait <= 100
 

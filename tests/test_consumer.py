@@ -54,7 +54,7 @@ def test_retries_with_backoff_then_dead(app: App, consumers: list[Consumer]) -> 
 
     from bananas_prefork.core.scheduler import Scheduler
 
-    scheduler = Scheduler(app.broker, identity="test", interval=0.05)
+    scheduler = Scheduler(app.broker, interval=0.05)
     threading.Thread(target=scheduler.run, daemon=True).start()
     try:
         job_id = fails.enqueue()
@@ -275,7 +275,7 @@ def test_delayed_jobs_start_on_time(app: App, consumers: list[Consumer], delay: 
     def stamp() -> None:
         started[current_job().id] = time.time()
 
-    scheduler = Scheduler(app.broker, identity="test", interval=5.0)
+    scheduler = Scheduler(app.broker, interval=5.0)
     threading.Thread(target=scheduler.run, daemon=True).start()
     start(consumers, app, threads=2)
     try:

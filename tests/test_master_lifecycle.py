@@ -14,6 +14,7 @@ import pytest
 import redis
 
 from bananas_prefork import App
+from bananas_prefork.core.leadership import LeaderLock
 from tests.apps.recorder import runs_key
 from tests.helpers import wait_until
 from tests.masters import ROOT, MasterFactory, toml
@@ -107,11 +108,11 @@ def test_a_dead_machines_jobs_return_within_owner_ttl(masters: MasterFactory, ap
     lease = '[scheduler]\nlease = "1s"\n'  # a dead leader is replaced within a second
     if leader_dies_too:
         doomed = masters(worker_file.replace("[pools.", lease + "[pools.", 1), name="doomed")
-        wait_until(lambda: f":{doomed.pid}:" in (app.broker.lock_holder()[0] or ""))
+        wait_until(lambda: f":{doomed.pid}:" in (LeaderLock(app.broker).holder()[0] or ""))
         masters(other_file.replace("[pools.", lease + "[pools.", 1), name="other")
     else:
         masters(other_file, name="other")
-        wait_until(lambda: app.broker.lock_holder()[0] is not None)
+        wait_until(lambda: LeaderLock(app.broker).holder()[0] is not None)
         doomed = masters(worker_file.replace("[pools.",
                                              "[scheduler]\nenabled = false\n[pools.", 1),
                          name="doomed")

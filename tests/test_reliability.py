@@ -123,7 +123,7 @@ def test_redis_restart_between_enqueue_and_fetch_loses_nothing(
     spawn_consumer(private_redis.url, 2)
     from bananas_prefork.core.scheduler import Scheduler
 
-    scheduler = Scheduler(app.broker, identity="test", interval=0.2)
+    scheduler = Scheduler(app.broker, interval=0.2)
     import threading
 
     threading.Thread(target=scheduler.run, daemon=True).start()

@@ -15,6 +15,7 @@ import redis
 from bananas_prefork import App
 from bananas_prefork.core.broker import LockLost
 from bananas_prefork.core.config import PeriodicConfig
+from bananas_prefork.core.leadership import LeaderLock
 from bananas_prefork.core.periodic import Entry, PeriodicRunner, conflicts, entries_for, register
 from bananas_prefork.core.scheduler import Scheduler
 from tests.apps.recorder import runs_key
@@ -26,7 +27,7 @@ FAST = ('[scheduler]\nlease = "2s"\ninterval = "1s"\n\n'
 
 
 def leader_pid(app: App) -> int | None:
-    token, _ = app.broker.lock_holder()
+    token, _ = LeaderLock(app.broker).holder()
     return int(token.split(":")[1]) if token else None
 
 
@@ -49,7 +50,7 @@ def test_exactly_one_leader_among_three_masters(masters: MasterFactory, app: App
         assert leader_pid(app) == leader
         time.sleep(0.1)
     assert sum(m.read_log().count("is the leader") for m in started) == 1
-    _, remaining = app.broker.lock_holder()
+    _, remaining = LeaderLock(app.broker).holder()
     assert remaining is not None and 0 < remaining <= 2.0
 
 
@@ -115,7 +116,7 @@ def test_a_thousand_delayed_jobs_run_once_each(app: App, consumers: list) -> Non
             seen.append(current_job().id)
 
     ids = app.enqueue_many([("tick", [], {}, {"delay": (n % 100) * 0.01}) for n in range(1000)])
-    scheduler = Scheduler(app.broker, identity="solo", interval=5.0, batch=100)
+    scheduler = Scheduler(app.broker, interval=5.0, batch=100)
     threading.Thread(target=scheduler.run, daemon=True).start()
     consumer = Consumer(app, threads=4)
     consumer.start()
@@ -129,13 +130,13 @@ def test_a_thousand_delayed_jobs_run_once_each(app: App, consumers: list) -> Non
 
 def test_stale_leader_cannot_promote(app: App) -> None:
     app.enqueue("record", delay=0.01)
-    assert app.broker.acquire_lock("old", lease=1.0)
+    assert LeaderLock(app.broker).acquire("old", lease=1.0)
     app.broker.client.delete(app.broker.keys.scheduler_lock)  # its lease ran out
-    assert app.broker.acquire_lock("new", lease=10.0)
+    assert LeaderLock(app.broker).acquire("new", lease=10.0)
     time.sleep(0.05)
     with pytest.raises(LockLost):
         app.broker.promote_due("old")
-    assert not app.broker.renew_lock("old", 10.0)
+    assert not LeaderLock(app.broker).renew("old", 10.0)
     assert app.broker.promote_due("new")[0] == 1
 
 
@@ -186,7 +187,7 @@ def test_registration_keeps_other_masters_entries(app: App) -> None:
 
 
 def _runner(app: App, window: float = 30.0) -> PeriodicRunner:
-    assert app.broker.acquire_lock("leader", lease=30)
+    assert LeaderLock(app.broker).acquire("leader", lease=30)
     return PeriodicRunner(app.broker, handover_window=window)
 
 
@@ -219,7 +220,7 @@ def test_a_tick_is_fired_only_by_the_leader_and_only_once(app: App) -> None:
     register(app.broker, [entry("e", every=1.0)], node="n")
     tick = int(app.broker.lowest(app.broker.keys.periodic_next)[1])
     follower = PeriodicRunner(app.broker, handover_window=30)
-    assert app.broker.acquire_lock("leader", lease=30)
+    assert LeaderLock(app.broker).acquire("leader", lease=30)
     time.sleep(max(0.0, tick / 1000 - time.time()) + 0.01)
     with pytest.raises(LockLost):
         follower.fire_due("not-leader")

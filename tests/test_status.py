@@ -21,8 +21,10 @@ from rich.console import Console
 from bananas_prefork import App
 from bananas_prefork.core.config import AlertsConfig
 from bananas_prefork.core.embedded import free_port
-from bananas_prefork.ops.status import Publisher, evaluate, gather
+from bananas_prefork.core.identity import NodeId
+from bananas_prefork.ops.status import ClusterStatus, evaluate, gather
 from bananas_prefork.ops.status_view import render
+from bananas_prefork.supervisor.publisher import Publisher
 from tests.helpers import wait_until
 from tests.masters import ROOT, MasterFactory, toml
 
@@ -258,7 +260,7 @@ def test_watch_refreshes_until_interrupted(masters: MasterFactory, tmp_path: Pat
 # -- alert rules, on synthetic figures --------------------------------------------------------
 
 
-def figures(**overrides: Any) -> dict[str, Any]:
+def figures(**overrides: Any) -> Any:
     base: dict[str, Any] = {"time": 10_000.0, "nodes": [], "queues": {"high": {}, "normal": {},
                             "low": {}}, "served_by": {}, "scheduled": 0,
                             "scheduler": {"leader": "vm:1", "lease_expires_in": 5.0},
@@ -320,13 +322,13 @@ def test_masters_time_their_own_conditions_and_status_uses_their_thresholds(app:
     and status without a file judges with the most sensitive thresholds they publish."""
     eager = AlertsConfig(high_depth=2, high_depth_for=0.0)
     relaxed = AlertsConfig()
-    publishers = [Publisher(app.broker, name, config)
-                  for name, config in (("vm:1", eager), ("vm:2", relaxed))]
+    publishers = [Publisher(app.broker, NodeId(host, 1), config, ttl=60)
+                  for host, config in (("vm1", eager), ("vm2", relaxed))]
     for _ in range(3):
         app.enqueue("send_email", priority="high")
     assert names_of(gather(app.broker)) == []  # no master yet: default thresholds
     for publisher in publishers:
-        publisher.publish({"host": publisher.node.split(":")[0], "pid": 1, "pools": [],
+        publisher.publish({"host": publisher.node.host, "pid": 1, "pools": [],  # type: ignore
                            "state": "running", "updated_at": time.time(),
                            "alerts": dataclasses.asdict(publisher.alerts)})
     assert set(app.broker.fields(app.broker.keys.alerts_since)) == {"high_depth>2"}
@@ -352,6 +354,6 @@ def test_masters_time_their_own_conditions_and_status_uses_their_thresholds(app:
     assert app.broker.fields(app.broker.keys.alerts_since) == {}
 
 
-def names_of(data: dict[str, Any]) -> list[str]:
+def names_of(data: ClusterStatus) -> list[str]:
     """The depth alerts that fire (these masters are stand-ins: no pools, no scheduler)."""
     return [a["name"] for a in data["alerts"] if a["name"] in ("high_depth", "queue_depth")]

@@ -14,7 +14,7 @@ from bananas_prefork.core.config import PoolConfig
 from bananas_prefork.core.durations import format_duration, parse_duration
 from bananas_prefork.core.retry import RetryPolicy
 from bananas_prefork.supervisor.monitor import KILL, TERM, Sample, judge
-from bananas_prefork.supervisor.pool import FAILING_AFTER, Pool, Worker
+from bananas_prefork.supervisor.pool import FAILING_AFTER, Child, Pool
 from bananas_prefork.supervisor.scoreboard import Scoreboard, SlotView
 from bananas_prefork.supervisor.stats import BUCKETS, StatsRecorder, TypeStats, merge
 
@@ -51,18 +51,18 @@ def test_timeout_verdict_names_the_job_and_does_not_count_a_lost_run() -> None:
     assert verdict.timed_out.job_id == "job1" and not verdict.lost_run
 
 
-def worker(pool: Pool, pid: int, age: float, ready: bool = False, jobs: int = 0) -> Worker:
-    w = Worker(pid, pool, 0, None, Scoreboard(1), -1)
+def worker(pool: Pool, pid: int, age: float, ready: bool = False, jobs: int = 0) -> Child:
+    w = Child(pid, pool, 0, None, Scoreboard(1), -1)
     w.spawned_at = time.monotonic() - age
     w.ready_at = w.spawned_at + 0.05 if ready else None  # ready soon after it was forked
     for _ in range(jobs):
         w.scoreboard.job_ended(0, succeeded=True)
-    pool.workers[pid] = w
+    pool.children[pid] = w
     return w
 
 
 def test_quick_deaths_back_off_exponentially_up_to_the_cap() -> None:
-    pool = Pool("p", PoolConfig(), 1, max_backoff=2.0)
+    pool = Pool(PoolConfig(name="p"), 1, max_backoff=2.0)
     delays = []
     for n in range(8):
         before = time.monotonic()
@@ -77,14 +77,14 @@ def test_quick_deaths_back_off_exponentially_up_to_the_cap() -> None:
 
 
 def test_a_long_lived_child_dying_is_not_a_boot_failure() -> None:
-    pool = Pool("p", PoolConfig(), 1, max_backoff=30)
+    pool = Pool(PoolConfig(name="p"), 1, max_backoff=30)
     for n in range(FAILING_AFTER + 2):
         pool.child_died(worker(pool, n + 1, age=60, ready=True), expected=False, error="x")
     assert pool.failures == 0 and pool.restarts == FAILING_AFTER + 2
 
 
 def test_a_young_child_that_ran_jobs_is_replaced_without_backoff() -> None:
-    pool = Pool("p", PoolConfig(), 1, max_backoff=30)
+    pool = Pool(PoolConfig(name="p"), 1, max_backoff=30)
     for n in range(6):
         pool.child_died(worker(pool, n + 1, age=0.5, ready=True, jobs=3), expected=False,
                         error="crashed")
@@ -92,23 +92,23 @@ def test_a_young_child_that_ran_jobs_is_replaced_without_backoff() -> None:
 
 
 def test_a_child_that_was_ready_but_never_ran_a_job_counts_as_failing_to_start() -> None:
-    pool = Pool("p", PoolConfig(), 1, max_backoff=30)
+    pool = Pool(PoolConfig(name="p"), 1, max_backoff=30)
     for n in range(FAILING_AFTER):
         pool.child_died(worker(pool, n + 1, age=0.5, ready=True), expected=False, error="x")
     assert pool.failing
 
 
 def test_expected_deaths_count_nothing() -> None:
-    pool = Pool("p", PoolConfig(), 1, max_backoff=30)
+    pool = Pool(PoolConfig(name="p"), 1, max_backoff=30)
     pool.child_died(worker(pool, 1, age=0.1), expected=True, error=None)
     assert (pool.failures, pool.restarts) == (0, 0)
 
 
 def test_max_jobs_jitter_stays_within_ten_percent() -> None:
-    pool = Pool("p", replace(PoolConfig(), max_jobs_per_child=1000), 1, max_backoff=30)
+    pool = Pool(replace(PoolConfig(name="p"), max_jobs_per_child=1000), 1, max_backoff=30)
     limits = {pool.jobs_limit() for _ in range(200)}
     assert min(limits) >= 1000 and max(limits) <= 1100 and len(limits) > 10
-    assert Pool("p", PoolConfig(), 1, 30).jobs_limit() is None
+    assert Pool(PoolConfig(name="p"), 1, 30).jobs_limit() is None
 
 
 def test_scoreboard_slots_and_counters() -> None:

@@ -12,18 +12,16 @@ import re
 from collections.abc import Callable, Iterable, Sequence
 from datetime import UTC, datetime, timedelta
 from functools import cached_property
-from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar
+from typing import Any, Generic, ParamSpec, TypeVar
 
 from . import job as jobs
 from .broker import Broker, NewJob
+from .config import PeriodicConfig, check_schedule
 from .connection import EMBEDDED, connect, resolve, url_problem
 from .durations import parse_duration
 from .job import JobInfo
 from .keys import PRIORITIES, namespace_problem
 from .retry import DEFAULT_BACKOFF, DEFAULT_BACKOFF_MAX, DEFAULT_MAX_RETRIES, RetryPolicy
-
-if TYPE_CHECKING:
-    from .config import PeriodicConfig
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -144,9 +142,6 @@ class App:
         Masters register it with the schedule in Redis, like a file's
         ``[[periodic]]`` entry (which wins on the same name).
         """
-        from .config import PeriodicConfig
-        from .periodic import check_schedule
-
         seconds = parse_duration(every) if every is not None else None
         check_schedule(cron, seconds)
         if priority is not None:

@@ -167,6 +167,13 @@ class Broker:
     def wake_keys(self, priorities: Sequence[str], job_types: Sequence[str]) -> list[str]:
         return [self.keys.wake(p, t) for p in priorities for t in job_types]
 
+    def wake_owner(self, owner: str, count: int) -> None:
+        """Wake an owner's idle slots (they block on its control list too), e.g. to stop."""
+        with self.client.pipeline(transaction=False) as pipe:
+            pipe.rpush(self.keys.control(owner), *["stop"] * count)
+            pipe.expire(self.keys.control(owner), 60)
+            pipe.execute()
+
     def wait_for_work(self, wake_keys: Sequence[str], timeout: float) -> bool:
         """Block until a wake-up token arrives (True) or the timeout passes (False)."""
         return self.client.blpop(list(wake_keys), timeout=timeout) is not None
@@ -234,28 +241,6 @@ class Broker:
             raise LockLost(token)
         wait = float(next_due)
         return int(promoted), (None if wait < 0 else wait)
-
-    def acquire_lock(self, token: str, lease: float) -> bool:
-        return bool(self.client.set(self.keys.scheduler_lock, token, nx=True,
-                                    px=int(lease * 1000)))
-
-    def renew_lock(self, token: str, lease: float) -> bool:
-        return bool(self.scripts.lock_renew(keys=[self.keys.scheduler_lock],
-                                            args=[self.prefix, token, int(lease * 1000)]))
-
-    def release_lock(self, token: str) -> bool:
-        return bool(self.scripts.lock_release(keys=[self.keys.scheduler_lock],
-                                              args=[self.prefix, token]))
-
-    def lock_holder(self) -> tuple[str | None, float | None]:
-        """(token, seconds left) of the scheduler lock, or (None, None)."""
-        with self.client.pipeline(transaction=False) as pipe:
-            pipe.get(self.keys.scheduler_lock)
-            pipe.pttl(self.keys.scheduler_lock)
-            token, pttl = pipe.execute()
-        if token is None or pttl < 0:
-            return None, None
-        return token, pttl / 1000.0
 
     # -- reading -------------------------------------------------------------
 

@@ -17,10 +17,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
+from croniter import croniter
+
 from . import settings as s
 from .connection import EMBEDDED, URL_VARIABLES, environment_url, url_problem
 from .keys import PRIORITIES, namespace_problem
-from .periodic import check_schedule
 from .settings import declared, setting
 
 MODES = ("thin", "default", "specialized", "job-specialized", "scheduler-only")
@@ -37,6 +38,17 @@ class ConfigError(Exception):
         self.source, self.key, self.message, self.line = source, key, message, line
         where = source if line is None else f"{source}:{line}"
         super().__init__(f"{where}: {key}: {message}" if key else f"{where}: {message}")
+
+
+def check_schedule(cron: str | None, every: float | None) -> None:
+    """ValueError unless exactly one of cron and every is given and valid."""
+    if (cron is None) == (every is None):
+        raise ValueError('give either cron = "..." or every = "..." (one of them)')
+    if cron is not None and not croniter.is_valid(cron):
+        raise ValueError(f"{cron!r} is not a valid cron expression (five fields: minute hour "
+                         'day month weekday, e.g. "*/5 * * * *")')
+    if every is not None and every < 1:
+        raise ValueError(f"every must be at least 1s, got {every:g}s")
 
 
 # -- the config objects --------------------------------------------------------

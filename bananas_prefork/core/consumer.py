@@ -1,6 +1,6 @@
-"""The consumer: runs jobs in N threads of one process.
+"""The consumer: runs jobs in the slots of one process, a thread each.
 
-Each thread owns one slot. A slot only fetches when it is free, so a consumer
+Each slot runs one job at a time. A slot only fetches when it is free, so a consumer
 never holds more jobs than it runs (no prefetch to strand or reorder). After
 a job, one ``step`` call settles it and fetches the next: one round trip per
 job. An idle slot blocks on its wake-up lists, so a new job starts within
@@ -14,13 +14,10 @@ and recovers the jobs of owners that died.
 from __future__ import annotations
 
 import logging
-import os
 import random
-import socket
 import threading
 import time
 import traceback
-import uuid
 from collections.abc import Sequence
 
 import redis
@@ -28,6 +25,7 @@ import redis
 from . import job as jobs
 from .app import App, Task
 from .broker import DEAD, LOST_OWNERSHIP, RETRY, SUCCEEDED, Broker, Settlement, StepChannel
+from .identity import OwnerId
 from .job import Job, JobContext
 from .keys import ANY_TYPE, PRIORITIES
 from .retry import DEFAULT_POLICY
@@ -37,16 +35,6 @@ log = logging.getLogger(__name__)
 MAX_TRACEBACK = 20_000
 RECONNECT_BACKOFF_CAP = 5.0
 HEARTBEAT_JOIN_TIMEOUT = 5.0  # a heartbeat stuck in a Redis call is abandoned (daemon thread)
-
-
-def owner_id(master_pid: int, pid: int, nonce: str) -> str:
-    """``host:master-pid:pid:nonce``: unique, and tells a supervisor whose it is."""
-    return "%s:%d:%d:%s" % (socket.gethostname(), master_pid, pid, nonce)
-
-
-def new_owner_id() -> str:
-    """An owner id for a standalone consumer (no master)."""
-    return owner_id(0, os.getpid(), uuid.uuid4().hex[:8])
 
 
 class ConsumerHooks:
@@ -63,7 +51,7 @@ class ConsumerHooks:
 
 
 class Consumer:
-    """Fetch-run-settle loops for one owner, one per thread."""
+    """Fetch-run-settle loops for one owner, one per slot (thread)."""
 
     def __init__(
         self,
@@ -89,7 +77,7 @@ class Consumer:
         self.job_types = (ANY_TYPE,) if ANY_TYPE in job_types else tuple(job_types)
         self.threads = threads
         self.pool = pool
-        self.owner = owner or new_owner_id()
+        self.owner = owner or str(OwnerId.new(master_pid=0))
         self.heartbeat = heartbeat
         self.max_jobs = max_jobs
         self.job_timeout = job_timeout
@@ -101,7 +89,7 @@ class Consumer:
         self._count_lock = threading.Lock()
         self._stopping = threading.Event()
         self._stopped = threading.Event()
-        self._workers: list[threading.Thread] = []
+        self._slots: list[threading.Thread] = []
         self._heartbeat: threading.Thread | None = None
         self._wake_keys = [*self.broker.wake_keys(self.priorities, self.job_types),
                            self.broker.keys.control(self.owner)]
@@ -111,10 +99,10 @@ class Consumer:
     def start(self) -> None:
         self.broker.renew_owners([self.owner])
         for slot in range(self.threads):
-            worker = threading.Thread(target=self._work, args=(slot,), daemon=True,
+            thread = threading.Thread(target=self._work, args=(slot,), daemon=True,
                                       name=f"bananas-slot-{slot}")
-            worker.start()
-            self._workers.append(worker)
+            thread.start()
+            self._slots.append(thread)
         if self.heartbeat:
             self._heartbeat = threading.Thread(target=self._beat, daemon=True,
                                                name="bananas-heartbeat")
@@ -129,9 +117,9 @@ class Consumer:
         """
         self.request_stop()
         deadline = None if timeout is None else time.monotonic() + timeout
-        for worker in self._workers:
-            worker.join(None if deadline is None else max(0.0, deadline - time.monotonic()))
-        finished = not any(worker.is_alive() for worker in self._workers)
+        for thread in self._slots:
+            thread.join(None if deadline is None else max(0.0, deadline - time.monotonic()))
+        finished = not self.is_alive()
         self._finish()  # unfinished jobs go back unharmed: stopping is not their fault
         return finished
 
@@ -141,9 +129,7 @@ class Consumer:
             return
         self._stopping.set()
         try:
-            self.broker.client.rpush(self.broker.keys.control(self.owner),
-                                     *["stop"] * self.threads)
-            self.broker.client.expire(self.broker.keys.control(self.owner), 60)
+            self.broker.wake_owner(self.owner, self.threads)
         except redis.RedisError:
             pass  # idle threads then notice within their idle timeout
 
@@ -158,11 +144,11 @@ class Consumer:
 
     def run(self) -> None:
         """Start (unless started) and block until every thread has ended."""
-        if not self._workers:
+        if not self._slots:
             self.start()
-        for worker in self._workers:
-            while worker.is_alive():
-                worker.join(0.5)
+        for thread in self._slots:
+            while thread.is_alive():
+                thread.join(0.5)
         if not self._stopped.is_set():
             self._finish()
 
@@ -173,12 +159,8 @@ class Consumer:
             self._heartbeat.join(HEARTBEAT_JOIN_TIMEOUT)
         self.release()
 
-    @property
-    def stopping(self) -> bool:
-        return self._stopping.is_set()
-
     def is_alive(self) -> bool:
-        return any(worker.is_alive() for worker in self._workers)
+        return any(thread.is_alive() for thread in self._slots)
 
     # -- one slot ------------------------------------------------------------
 
@@ -249,8 +231,8 @@ class Consumer:
 
     def _after_settle(self, settlement: Settlement, status: int | None) -> None:
         if status == LOST_OWNERSHIP:
-            log.warning("job %s (%s) attempt %d: result ignored, this worker no longer owns "
-                        "it (it was recovered and handed to another worker)",
+            log.warning("job %s (%s) attempt %d: result ignored, this consumer no longer "
+                        "owns it (it was recovered and handed to another)",
                         settlement.job.id, settlement.job.name, settlement.job.attempt)
 
     # -- running a job -------------------------------------------------------

@@ -27,6 +27,7 @@ from croniter import croniter
 
 from .broker import Broker, LockLost
 from .job import dumps
+from .leadership import LeaderLock
 
 if TYPE_CHECKING:
     from .app import App
@@ -77,17 +78,6 @@ def now_ms() -> int:
     return int(time.time() * 1000)
 
 
-def check_schedule(cron: str | None, every: float | None) -> None:
-    """ValueError unless exactly one of cron and every is given and valid."""
-    if (cron is None) == (every is None):
-        raise ValueError('give either cron = "..." or every = "..." (one of them)')
-    if cron is not None and not croniter.is_valid(cron):
-        raise ValueError(f"{cron!r} is not a valid cron expression (five fields: minute hour "
-                         'day month weekday, e.g. "*/5 * * * *")')
-    if every is not None and every < 1:
-        raise ValueError(f"every must be at least 1s, got {every:g}s")
-
-
 def entries_for(declared: Iterable[PeriodicConfig], app: App) -> list[Entry]:
     """Resolve declared entries (code first, then the file, which wins on a name)."""
     resolved: dict[str, Entry] = {}
@@ -129,9 +119,8 @@ def register(broker: Broker, entries: Iterable[Entry], node: str) -> None:
                 if not others:
                     pipe.hdel(keys.periodic, name)
                     pipe.zrem(keys.periodic_next, name)
-        pipe.rpush(keys.scheduler_wake, "periodic")
-        pipe.ltrim(keys.scheduler_wake, -1, -1)
         pipe.execute()
+    LeaderLock(broker).wake_leader()
     if declared:
         log.info("periodic entries registered: %s", ", ".join(sorted(declared)))
 

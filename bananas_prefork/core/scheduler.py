@@ -15,16 +15,16 @@ a listener thread turns wake-up tokens into that event.
 from __future__ import annotations
 
 import logging
-import socket
 import threading
 import time
-import uuid
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 import redis
 
 from .broker import Broker, LockLost
+from .identity import LeaderToken, NodeId
+from .leadership import LeaderLock
 
 if TYPE_CHECKING:
     from .app import App
@@ -42,15 +42,15 @@ class Scheduler:
         self,
         broker: Broker,
         *,
-        identity: str,
+        node: NodeId | None = None,
         interval: float = 1.0,
         lease: float = 10.0,
         batch: int = PROMOTE_BATCH,
         tick: Callable[[str], float | None] | None = None,
     ) -> None:
         self.broker = broker
-        self.identity = identity
-        self.token = f"{identity}:{uuid.uuid4().hex[:8]}"
+        self.lock = LeaderLock(broker)
+        self.token = str(LeaderToken.new(node or NodeId.of_master()))
         self.interval = interval
         self.lease = lease
         self.batch = batch
@@ -93,12 +93,7 @@ class Scheduler:
             return
         self._set_leader(False)
         try:
-            if self.broker.release_lock(self.token):
-                with self.broker.client.pipeline(transaction=False) as pipe:
-                    pipe.delete(self.broker.keys.scheduler_handover)
-                    pipe.rpush(self.broker.keys.scheduler_handover, self.token)
-                    pipe.expire(self.broker.keys.scheduler_handover, 60)
-                    pipe.execute()
+            if self.lock.release(self.token):
                 log.info("scheduler: %s released leadership", self.token)
         except redis.RedisError as exc:
             log.warning("scheduler: could not release the lock (it expires): %s", exc)
@@ -106,23 +101,23 @@ class Scheduler:
     # -- follower ------------------------------------------------------------
 
     def _contend_once(self) -> None:
-        if self.broker.acquire_lock(self.token, self.lease):
+        if self.lock.acquire(self.token, self.lease):
             self._set_leader(True)
             self._renew_at = time.monotonic() + self.lease / 3
             log.info("scheduler: %s is the leader", self.token)
             return
-        _, remaining = self.broker.lock_holder()
+        _, remaining = self.lock.holder()
         # Sleep until the lease could expire (checking at least every second, so
         # stop() is prompt), but wake at once on a hand-over.
         wait = min(1.0, remaining if remaining is not None else 0.05)
-        self.broker.client.blpop([self.broker.keys.scheduler_handover], timeout=max(0.01, wait))
+        self.lock.wait_for_handover(wait)
 
     # -- leader --------------------------------------------------------------
 
     def _lead_once(self) -> None:
         now = time.monotonic()
         if now >= self._renew_at:
-            if not self.broker.renew_lock(self.token, self.lease):
+            if not self.lock.renew(self.token, self.lease):
                 self._lost("renewal refused")
                 return
             self._renew_at = now + self.lease / 3
@@ -171,7 +166,7 @@ class Scheduler:
             if not self._leading.wait(0.5) or not self.is_leader:
                 continue
             try:
-                if self.broker.client.blpop([self.broker.keys.scheduler_wake], timeout=1):
+                if self.lock.wait_for_wake(1.0):
                     self._due_sooner.set()
             except (redis.ConnectionError, redis.TimeoutError):
                 self._stop.wait(0.5)
@@ -185,16 +180,11 @@ def _earliest(a: float | None, b: float | None) -> float | None:
     return min(a, b)
 
 
-def leader_identity(master_pid: int) -> str:
-    """How status names a leader: ``host:pid`` of the master whose scheduler leads."""
-    return f"{socket.gethostname()}:{master_pid}"
-
-
 def build_scheduler(app: App, deployment: Deployment, master_pid: int) -> Scheduler:
     """The scheduler a master's child (or a thin pool's child) runs."""
     from .periodic import PeriodicRunner
 
     lease = deployment.scheduler.lease
     runner = PeriodicRunner(app.broker, handover_window=3 * lease)
-    return Scheduler(app.broker, identity=leader_identity(master_pid),
+    return Scheduler(app.broker, node=NodeId.of_master(master_pid),
                      interval=deployment.scheduler.interval, lease=lease, tick=runner.fire_due)

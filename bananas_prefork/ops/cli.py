@@ -54,8 +54,9 @@ def start(
 ) -> None:
     """Run the master in the foreground (systemd Type=notify ready)."""
     from ..core.embedded import RedisUnavailable
-    from ..supervisor.master import Master
+    from ..supervisor.master import Master, Service
     from ..supervisor.pidfile import PidfileError
+    from .metrics import MetricsService
 
     deployment = load_deployment(file)
     level = (log_level or deployment.log_level).lower()
@@ -65,7 +66,11 @@ def start(
     logs.setup(level, fmt)
     try:
         app = loader.first_import(deployment)
-        code = Master(deployment, app, config_path=str(file) if file else None).run()
+        services: list[Service] = []
+        if deployment.metrics_port is not None:
+            services.append(MetricsService(deployment.metrics_port, deployment.metrics_bind))
+        code = Master(deployment, app, config_path=str(file) if file else None,
+                      services=services).run()
     except ConfigError as exc:
         fail(exc, 2)
     except (PidfileError, RedisUnavailable) as exc:

@@ -8,6 +8,7 @@ are read from Redis at scrape time, at most once a second.
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -26,13 +27,18 @@ from prometheus_client.process_collector import ProcessCollector
 from prometheus_client.registry import Collector
 
 from ..core.broker import Broker
+from ..core.leadership import LeaderLock
+from ..core.nodes import NodeStatus
+from ..supervisor.master import Master
 from ..supervisor.stats import BUCKETS, OUTCOMES
+
+log = logging.getLogger(__name__)
 
 CLUSTER_CACHE = 1.0
 
 
 class BananasCollector(Collector):
-    def __init__(self, snapshot: Callable[[], dict[str, Any] | None], broker: Broker) -> None:
+    def __init__(self, snapshot: Callable[[], NodeStatus | None], broker: Broker) -> None:
         self.snapshot = snapshot
         self.broker = broker
         self._cluster: tuple[float, dict[str, Any]] | None = None
@@ -46,7 +52,7 @@ class BananasCollector(Collector):
 
     # -- this master's pools ---------------------------------------------------------
 
-    def _pool_metrics(self, node: dict[str, Any]) -> Iterator[Metric]:
+    def _pool_metrics(self, node: NodeStatus) -> Iterator[Metric]:
         jobs = CounterMetricFamily("bananas_jobs", "Job runs finished, by outcome "
                                    "(succeeded, retry, dead).", labels=["pool", "job_type",
                                                                        "outcome"])
@@ -101,7 +107,7 @@ class BananasCollector(Collector):
                     "ages": ages,
                     "counts": self.broker.counts(),
                     "first_due": lowest[1] if lowest else None,
-                    "leader": self.broker.lock_holder()[0],
+                    "leader": LeaderLock(self.broker).holder()[0],
                 })
             return self._cluster[1]
 
@@ -143,11 +149,29 @@ class BananasCollector(Collector):
         yield from (up, depth, oldest, *gauges, lag, has_leader)
 
 
-def serve(port: int, address: str, snapshot: Callable[[], dict[str, Any] | None],
-          broker: Broker) -> Any:
-    """Start the /metrics server in a daemon thread; returns the server (to close it)."""
-    registry = CollectorRegistry(auto_describe=False)
-    registry.register(ProcessCollector(registry=None))
-    registry.register(BananasCollector(snapshot, broker))
-    server, _ = start_http_server(port, addr=address, registry=registry)
-    return server
+class MetricsService:
+    """The /metrics server, run by a master beside its children (``metrics_port``)."""
+
+    def __init__(self, port: int, address: str) -> None:
+        self.port, self.address = port, address
+        self.server: Any = None
+
+    def start(self, master: Master) -> None:
+        registry = CollectorRegistry(auto_describe=False)
+        registry.register(ProcessCollector(registry=None))
+        registry.register(BananasCollector(lambda: master.last_snapshot, master.new_broker()))
+        try:
+            self.server, _ = start_http_server(self.port, addr=self.address, registry=registry)
+        except OSError as exc:
+            log.error("cannot serve metrics on %s:%d: %s", self.address, self.port,
+                      exc.strerror)
+            return
+        log.info("metrics on http://%s:%d/metrics", self.address, self.port)
+
+    def fileno(self) -> int | None:
+        return self.server.socket.fileno() if self.server is not None else None
+
+    def stop(self) -> None:
+        if self.server is not None:
+            self.server.shutdown()
+            self.server.server_close()

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from typing import Any
 
 from rich.console import Console, Group, RenderableType
 from rich.live import Live
 from rich.table import Table
 from rich.text import Text
+
+from ..core.nodes import NodeStatus, PoolStatus
+from .status import ClusterStatus
 
 AUTO_PROCESS_LIMIT = 30  # show every child when there are no more than this
 
@@ -24,13 +26,13 @@ def _age(seconds: float | None) -> str:
     return f"{seconds / 3600:.1f}h"
 
 
-def _serves(pool: dict[str, Any]) -> str:
+def _serves(pool: PoolStatus) -> str:
     types = pool.get("job_types", ["*"])
     priorities = ",".join(pool.get("priorities", []))
     return priorities if types == ["*"] else f"{priorities} / {','.join(types)}"
 
 
-def _node_label(node: dict[str, Any]) -> Text:
+def _node_label(node: NodeStatus) -> Text:
     label = Text(f"{node['host']}:{node['pid']}")
     state = node.get("state", "running")
     if state != "running":
@@ -38,7 +40,7 @@ def _node_label(node: dict[str, Any]) -> Text:
     return label
 
 
-def header(status: dict[str, Any]) -> Text:
+def header(status: ClusterStatus) -> Text:
     scheduler = status["scheduler"]
     text = Text()
     text.append(f"namespace {status['namespace']}  ", style="bold")
@@ -52,7 +54,7 @@ def header(status: dict[str, Any]) -> Text:
     return text
 
 
-def pools_table(status: dict[str, Any]) -> Table:
+def pools_table(status: ClusterStatus) -> Table:
     table = Table(title="Pools", title_justify="left")
     for column in ("node", "pool", "mode", "serves", "procs", "busy", "done/min",
                    "failed/min", "restarts", "state"):
@@ -79,7 +81,7 @@ def pools_table(status: dict[str, Any]) -> Table:
     return table
 
 
-def processes_table(status: dict[str, Any]) -> Table:
+def processes_table(status: ClusterStatus) -> Table:
     table = Table(title="Children", title_justify="left")
     for column in ("node", "child", "pid", "state", "current job", "age", "done", "failed",
                    "rss MB", "cpu %"):
@@ -98,7 +100,7 @@ def processes_table(status: dict[str, Any]) -> Table:
     return table
 
 
-def queues_table(status: dict[str, Any]) -> Table:
+def queues_table(status: ClusterStatus) -> Table:
     table = Table(title="Queues", title_justify="left")
     for column in ("priority", "job type", "depth", "oldest", "served by"):
         table.add_column(column, justify="right" if column in ("depth", "oldest") else "left")
@@ -113,7 +115,7 @@ def queues_table(status: dict[str, Any]) -> Table:
     return table
 
 
-def alerts_block(status: dict[str, Any]) -> RenderableType:
+def alerts_block(status: ClusterStatus) -> RenderableType:
     if not status["alerts"]:
         return Text("no alerts", style="green")
     text = Text()
@@ -124,7 +126,7 @@ def alerts_block(status: dict[str, Any]) -> RenderableType:
     return text
 
 
-def render(status: dict[str, Any], show_processes: bool | None = None) -> RenderableType:
+def render(status: ClusterStatus, show_processes: bool | None = None) -> RenderableType:
     children = sum(len(p["processes"]) for n in status["nodes"] for p in n.get("pools", []))
     if show_processes is None:
         show_processes = children <= AUTO_PROCESS_LIMIT
@@ -135,7 +137,7 @@ def render(status: dict[str, Any], show_processes: bool | None = None) -> Render
     return Group(*parts)
 
 
-def watch(console: Console, gather: Callable[[], dict[str, Any]], interval: float,
+def watch(console: Console, gather: Callable[[], ClusterStatus], interval: float,
           show_processes: bool | None, until: float | None = None) -> None:
     """Refresh in place until Ctrl-C (or the monotonic time ``until``)."""
     with Live(render(gather(), show_processes), console=console, auto_refresh=False,

@@ -1,8 +1,9 @@
 """Life right after fork: signals, title, death with the master, then the work.
 
-A child is either a pool worker (runs a ``Consumer``) or the scheduler (runs a
-``Scheduler``). It never returns: it leaves with ``os._exit`` and a code from
-the table below, so nothing the master registered (atexit, pidfile) runs here.
+A child either runs jobs for a pool (a ``Consumer`` with one slot per thread)
+or is the scheduler child (a ``Scheduler``). It never returns: it leaves with
+``os._exit`` and a code from ``exits.py``, so nothing the master registered
+(atexit, pidfile) runs here.
 """
 
 from __future__ import annotations
@@ -23,25 +24,22 @@ from setproctitle import setproctitle
 
 from ..core import logs
 from ..core.app import App
+from ..core.broker import SUCCEEDED
 from ..core.config import Deployment, PoolConfig
 from ..core.consumer import Consumer, ConsumerHooks
+from ..core.identity import OwnerId
 from ..core.job import Job
 from ..core.scheduler import build_scheduler
+from .exits import EXIT_BOOT_ERROR, EXIT_CRASH, EXIT_OK, EXIT_ORPHANED
 from .scoreboard import RUNNING, STOPPING, Scoreboard
 from .stats import StatsRecorder
 
 log = logging.getLogger(__name__)
 
-# Exit codes shared with the master.
-EXIT_OK = 0
-EXIT_CRASH = 1
-EXIT_BOOT_ERROR = 3  # could not import the app or start consuming: back off
-EXIT_ORPHANED = 4  # the master died
-
 MASTER_SIGNALS = (signal.SIGHUP, signal.SIGTERM, signal.SIGINT, signal.SIGQUIT, signal.SIGUSR1,
                   signal.SIGUSR2, signal.SIGTTIN, signal.SIGTTOU, signal.SIGCHLD)
 ORPHAN_GRACE = 2.0
-STATS_INTERVAL = 1.0  # a child whose master died finishes within this (contract: 3 s)
+STATS_INTERVAL = 1.0  # how often a child sends its per-type counts to the master
 _PR_SET_PDEATHSIG = 1
 
 
@@ -50,12 +48,11 @@ class ChildSpec:
     """Everything a child needs, decided by the master before fork."""
 
     kind: str  # "pool" or "scheduler"
-    name: str  # pool name, or "scheduler"
-    index: int
+    label: str  # pool[index], or "scheduler"
     deployment: Deployment
     app: App
     master_pid: int
-    owner: str
+    owner: OwnerId | None  # under which a pool child holds its jobs
     scoreboard: Scoreboard
     report_fd: int
     pool: PoolConfig | None = None
@@ -63,10 +60,6 @@ class ChildSpec:
     run_scheduler: bool = False  # thin mode: the one child also schedules
     reimport_app: bool = False  # preload_app = false: fresh code in every child
     close_fds: tuple[int, ...] = ()
-
-    @property
-    def label(self) -> str:
-        return self.name if self.kind == "scheduler" else f"{self.name}[{self.index}]"
 
 
 def run(spec: ChildSpec) -> NoReturn:
@@ -85,7 +78,7 @@ class _Child:
     def __init__(self, spec: ChildSpec) -> None:
         self.spec = spec
         self.stats = StatsRecorder()
-        self.stats_stopped = threading.Event()
+        self.finished = threading.Event()  # the work has ended: stop sending stats
         self.stop_requested = threading.Event()
         self.title = f"bananas-prefork: {spec.label}"
 
@@ -155,11 +148,11 @@ class _Child:
     # -- running ---------------------------------------------------------------------
 
     def _consume(self, app: App) -> int:
-        pool = self.spec.pool
-        assert pool is not None
+        pool, owner = self.spec.pool, self.spec.owner
+        assert pool is not None and owner is not None
         hooks = _ScoreboardHooks(self.spec.scoreboard, self.title, pool.threads, self.stats)
         consumer = Consumer(app, priorities=pool.priorities, job_types=pool.job_types,
-                            threads=pool.threads, pool=pool.name, owner=self.spec.owner,
+                            threads=pool.threads, pool=pool.name, owner=str(owner),
                             heartbeat=False, max_jobs=self.spec.max_jobs,
                             job_timeout=pool.job_timeout, hooks=hooks)
         scheduler = None
@@ -174,10 +167,11 @@ class _Child:
             threading.Thread(target=scheduler.run, daemon=True, name="bananas-scheduler").start()
         self.spec.scoreboard.set_state(RUNNING)
         setproctitle(f"{self.title} idle")
-        self.report(ready=True, owner=self.spec.owner)
+        self.report(ready=True, owner=str(owner))
         threading.Thread(target=self._send_stats, args=(scheduler,), daemon=True,
                          name="bananas-stats").start()
         orphaned_at = self._wait(consumer.is_alive, consumer.request_stop)
+        self.finished.set()
         self.spec.scoreboard.set_state(STOPPING)
         if scheduler is not None:
             scheduler.stop()
@@ -191,7 +185,7 @@ class _Child:
     def _send_stats(self, scheduler: Any = None) -> None:
         """Once a second: what this child's jobs did since the last time, and whether
         its scheduler leads."""
-        while not self.stats_stopped.wait(STATS_INTERVAL):
+        while not self.finished.wait(STATS_INTERVAL):
             self._flush_stats(scheduler)
 
     def _flush_stats(self, scheduler: Any = None) -> None:
@@ -212,6 +206,7 @@ class _Child:
         threading.Thread(target=self._send_stats, args=(scheduler,), daemon=True,
                          name="bananas-stats").start()
         orphaned_at = self._wait(thread.is_alive, scheduler.stop)
+        self.finished.set()
         scheduler.stop()
         thread.join(ORPHAN_GRACE if orphaned_at is not None else None)
         return EXIT_ORPHANED if orphaned_at is not None else EXIT_OK
@@ -261,7 +256,7 @@ class _ScoreboardHooks(ConsumerHooks):
             self._retitle(job.name)
 
     def on_job_end(self, slot: int, job: Job, outcome: str, duration: float) -> None:
-        self.scoreboard.job_ended(slot, outcome == "succeeded")
+        self.scoreboard.job_ended(slot, outcome == SUCCEEDED)
         self.stats.record(job.name, outcome, duration)
         with self.lock:
             self.busy -= 1

@@ -1,11 +1,11 @@
-"""The master: supervises pools of children as a small, explicit state machine.
+"""The master: supervises groups of children as a small, explicit state machine.
 
     STARTING --redis answers--> RUNNING --TERM/INT/QUIT--> STOPPING --children gone--> STOPPED
 
 Every pass of the loop is the same: wait (at most a second) for a signal, a
 child's report or a deadline; handle the queued signals by name; reap dead
 children and give back their jobs at once; judge the health of the living;
-bring every pool to its desired size; renew the liveness of the children's
+bring every group to its wanted size; renew the liveness of the children's
 jobs. Signal handlers do nothing but wake the loop (``signal.set_wakeup_fd``
 writes the signal number to a pipe), so nothing runs inside a handler.
 """
@@ -16,12 +16,11 @@ import dataclasses
 import enum
 import logging
 import os
-import random
 import selectors
 import signal
-import socket
 import time
-from typing import Any
+from collections.abc import Sequence
+from typing import Protocol
 
 import redis
 from setproctitle import setproctitle
@@ -29,23 +28,26 @@ from setproctitle import setproctitle
 from ..core import periodic
 from ..core.app import App
 from ..core.broker import Broker
-from ..core.config import ConfigError, Deployment, PoolConfig, load
-from ..core.connection import EMBEDDED, connect, redact, resolve, wants_embedded
-from ..core.embedded import EmbeddedRedis, RedisUnavailable, answers, running_url
-from ..core.scheduler import leader_identity
-from ..ops.status import Publisher, node_id
+from ..core.config import ConfigError, Deployment, PoolConfig, SchedulerConfig, load
+from ..core.connection import EMBEDDED, connect, resolve, wants_embedded
+from ..core.identity import NodeId, OwnerId
+from ..core.nodes import NodeStatus
 from . import loader
 from .child_main import configure_app
+from .embedded_keeper import EmbeddedKeeper
 from .pidfile import Pidfile
-from .pool import Pool
+from .pool import Group
+from .publisher import Publisher
 from .systemd import Notifier
-from .workforce import Workforce, describe_exit, scheduler_child_wanted
+from .timing import Backoff, Every
+from .workforce import Workforce, wanted_groups
 
 log = logging.getLogger(__name__)
 
 TICK = 1.0
 READY_WAIT = 60.0  # tell systemd we are ready after this even if a pool keeps failing
 PUBLISH_INTERVAL = 1.0
+REDIS_RETRY = 1.0  # a failed renewal is tried again this soon
 SIGNAL_NAMES = {signal.SIGHUP: "hup", signal.SIGTERM: "term", signal.SIGINT: "int",
                 signal.SIGQUIT: "quit", signal.SIGUSR2: "usr2", signal.SIGTTIN: "ttin",
                 signal.SIGTTOU: "ttou", signal.SIGCHLD: "chld"}
@@ -58,55 +60,58 @@ class State(enum.Enum):
     STOPPED = "stopped"
 
 
+class Service(Protocol):
+    """Something the master runs beside its children: the metrics server, say.
+
+    The operator layer hands services in, so the master never imports it.
+    """
+
+    def start(self, master: Master) -> None: ...
+
+    def fileno(self) -> int | None:
+        """A descriptor every forked child must close, if any."""
+
+    def stop(self) -> None: ...
+
+
 class Master:
     """One per machine (or per deployment file): forks, reaps, renews, reloads."""
 
     def __init__(self, deployment: Deployment, app: App, config_path: str | None = None,
-                 notifier: Notifier | None = None) -> None:
-        self.embedded: EmbeddedRedis | None = None  # ours, when we run it
-        self.embedded_dir: str | None = None
-        self.embedded_url: str | None = None
-        if wants_embedded(deployment.redis_url):
-            # Another process (a master, an App) already runs this data dir's server:
-            # share it rather than fork a second server onto the same files, and take
-            # its place on the same address if it goes away.
-            self.embedded_dir = deployment.data_dir
-            self.embedded_url = running_url(deployment.data_dir)
-            if self.embedded_url is None:
-                self.embedded = EmbeddedRedis(deployment.data_dir)
-                self.embedded_url = self.embedded.url
-        self._next_embedded_start = 0.0
+                 notifier: Notifier | None = None, services: Sequence[Service] = ()) -> None:
+        self.embedded = EmbeddedKeeper(deployment.data_dir) \
+            if wants_embedded(deployment.redis_url) else None
         deployment = self._resolve(deployment)
         self.deployment = deployment
         self.app = app
         self.config_path = config_path
         self.pid = os.getpid()
-        self.host = socket.gethostname()
+        self.node = NodeId.of_master(self.pid)
         self.state = State.STARTING
         self.notifier = notifier or Notifier()
+        self.services = list(services)
         self.started_at = time.time()
         self.stop_deadline: float | None = None
         self.reload_error: str | None = None
-        self.rollout: list[str] = []
-        self._rolling: Pool | None = None
+        self.rollout: list[tuple[str, str]] = []  # (kind, name) of groups still to roll
+        self._rolling: Group | None = None
         self.ready_notified = False
         configure_app(app, deployment)
-        self.broker = self._make_broker(app)
+        self.broker = self.new_broker()
         self._selector = selectors.DefaultSelector()
         self._wakeup_r = self._wakeup_w = -1
-        self._connect_failures = 0
+        self._connect_backoff = Backoff(0.5, 30.0)
         self._next_connect = 0.0
-        self._next_renewal = 0.0
-        self._next_orphan_scan = 0.0
+        self._renewal = Every(self.broker.liveness / 3)
+        self._orphan_scan = Every(deployment.owner_ttl)
+        self._health_check = Every(TICK)
+        self._publishing = Every(PUBLISH_INTERVAL)
         self._periodic_pending = False
         self._redis_outages: set[str] = set()
-        self._next_health_check = 0.0
         self._pidfile = Pidfile(deployment.pidfile) if deployment.pidfile else None
-        self.publisher = Publisher(self.broker, node_id(self.host, self.pid), deployment.alerts,
+        self.publisher = Publisher(self.broker, self.node, deployment.alerts,
                                    deployment.node_ttl)
-        self.last_snapshot: dict[str, Any] | None = None
-        self._metrics_server: Any = None
-        self._next_publish = 0.0
+        self.last_snapshot: NodeStatus | None = None
         self.workforce = Workforce(deployment, app, self.broker, self.pid, self._selector,
                                    self._inherited_fds)
 
@@ -118,9 +123,10 @@ class Master:
         if self._pidfile is not None:
             self._pidfile.create(self.pid)
         setproctitle(f"bananas-prefork: master [{self.deployment.source}]")
-        self._serve_metrics()
+        for service in self.services:
+            service.start(self)
         log.info("master %d starting: %s", self.pid, "; ".join(
-            f"{p.name} x{p.desired}" for p in self.workforce.pools))
+            f"{g.name} x{g.desired}" for g in self.workforce.groups))
         try:
             while self.state is not State.STOPPED:
                 self._loop_once()
@@ -145,8 +151,8 @@ class Master:
         elif self.state is State.STOPPING:
             self._check_health()
             self._drive_stop()
-        if self.state is not State.STARTING:
-            self._supervise_embedded()
+        if self.state is not State.STARTING and self.embedded is not None:
+            self.embedded.tick()
         self._renew_liveness()
         self.workforce.recover_pending()
         self._publish()
@@ -155,8 +161,8 @@ class Master:
     def _timeout(self) -> float:
         now = time.monotonic()
         deadlines = [now + TICK]
-        deadlines += [p.next_spawn_at for p in self.workforce.pools if p.missing() and
-                      self.state is State.RUNNING]
+        if self.state is State.RUNNING:
+            deadlines += [g.next_spawn_at for g in self.workforce.groups if g.missing()]
         if self.state is State.STARTING:
             deadlines.append(self._next_connect)
         return max(0.0, min(deadlines) - now)
@@ -230,58 +236,33 @@ class Master:
     # -- starting -----------------------------------------------------------------------
 
     def _resolve(self, deployment: Deployment) -> Deployment:
-        """Pin the Redis URL the master and every child use: ours if embedded, else the
-        environment's or the conventional local one (never a server of the app's own)."""
-        if self.embedded_url is not None and deployment.redis_url in (None, EMBEDDED):
-            return dataclasses.replace(deployment, redis_url=self.embedded_url)
+        """Pin the Redis URL the master and every child use: the embedded one if we keep
+        it, else the environment's or the conventional local one (never a server of the
+        app's own)."""
+        if self.embedded is not None and deployment.redis_url in (None, EMBEDDED):
+            return dataclasses.replace(deployment, redis_url=self.embedded.url)
         if deployment.redis_url is None:
             return dataclasses.replace(deployment, redis_url=resolve())
         return deployment
 
-    def _supervise_embedded(self) -> None:
-        """Start the private redis-server, again if it died, and in place of a shared one
-        that went away (on the address in the data dir, so the children reconnect)."""
-        if self.embedded_dir is None or time.monotonic() < self._next_embedded_start:
-            return
-        server = self.embedded
-        if server is None:
-            assert self.embedded_url is not None
-            if answers(self.embedded_url):
-                self._next_embedded_start = time.monotonic() + 1.0
-                return
-            log.warning("the shared embedded Redis at %s went away; starting ours",
-                        redact(self.embedded_url))
-            server = self.embedded = EmbeddedRedis(self.embedded_dir)
-        elif server.pid is not None:
-            return
-        try:
-            server.start()
-        except RedisUnavailable as exc:
-            self._next_embedded_start = time.monotonic() + 5.0
-            log.error("embedded Redis: %s", exc)
-            return
-        log.info("embedded Redis %s running at %s (pid %d, data in %s); commands run from "
-                 "this directory find it, elsewhere pass --redis", server.server.binary,
-                 redact(server.url), server.pid, server.data_dir)
-
-    @staticmethod
-    def _make_broker(app: App) -> Broker:
-        """The master's own connection, to the Redis and namespace its children use."""
+    def new_broker(self) -> Broker:
+        """A connection of the master's own, to the Redis and namespace its children use."""
+        app = self.app
         return Broker(connect(app.redis_url), app.namespace, result_ttl=int(app.result_ttl),
                       dead_ttl=int(app.dead_ttl), owner_ttl=app.owner_ttl,
                       max_redeliveries=app.max_redeliveries)
 
     def _connect(self) -> None:
         """Wait for Redis with backoff; children start once it answers."""
-        self._supervise_embedded()
+        if self.embedded is not None:
+            self.embedded.tick()
         if time.monotonic() < self._next_connect:
             return
         try:
             self.broker.ping()
             self.broker.load_scripts()
         except redis.RedisError as exc:
-            self._connect_failures += 1
-            delay = min(30.0, 0.5 * 2 ** (self._connect_failures - 1)) * random.uniform(0.8, 1.2)
+            delay = self._connect_backoff.failed()
             self._next_connect = time.monotonic() + delay
             log.warning("redis unavailable (%s); retrying in %.1fs", exc, delay)
             return
@@ -299,28 +280,27 @@ class Master:
             owners = self.broker.members(self.broker.keys.owners)
         except redis.RedisError:
             return
-        for owner in owners:  # host:master-pid:pid:nonce
-            host, _, rest = owner.partition(":")
-            if self._dead_master_here(host, rest.split(":", 1)[0]):
+        for text in owners:
+            owner = OwnerId.parse(text)
+            if owner is not None and self._dead_master_here(owner.node):
                 self.workforce.recover(owner, lost_run=True,
                                        reason="worker lost: its master died")
 
-    def _dead_master_here(self, host: str, pid: str = "") -> bool:
+    def _dead_master_here(self, node: NodeId) -> bool:
         """An earlier master on this machine whose process is gone."""
-        return host == self.host and pid.isdigit() and int(pid) not in (0, self.pid) and \
-            not _pid_alive(int(pid))
+        return node.host == self.node.host and node.pid not in (0, self.pid) and \
+            not _pid_alive(node.pid)
 
     def _register_periodic(self) -> None:
         """Declare this deployment's periodic entries in the shared schedule."""
         self._periodic_pending = True
-        node = leader_identity(self.pid)
         try:
             for source in self.broker.fields(self.broker.keys.periodic_sources):
-                other = source.rpartition("|")[2]  # host:pid
-                if self._dead_master_here(*other.rsplit(":", 1)):
-                    periodic.forget_node(self.broker, other)
+                other = NodeId.parse(source.rpartition("|")[2])
+                if other is not None and self._dead_master_here(other):
+                    periodic.forget_node(self.broker, str(other))
             periodic.register(self.broker, periodic.entries_for(self.deployment.periodic,
-                                                                self.app), node)
+                                                                self.app), str(self.node))
             self._periodic_pending = False
         except redis.RedisError as exc:
             log.warning("cannot register periodic entries yet (%s); will retry", exc)
@@ -335,49 +315,40 @@ class Master:
                 return
             if pid == 0:
                 return
-            worker = next((w for w in self.workforce.workers() if w.pid == pid), None)
-            if worker is not None:  # else not ours (we may be PID 1 in a container)
-                self.workforce.child_exited(worker, status)
-            elif self.embedded is not None and pid == self.embedded.pid:
-                code = os.waitstatus_to_exitcode(status)
-                self.embedded.exited(code)
-                self._next_embedded_start = time.monotonic() + 1.0
-                log.error("embedded Redis %s; restarting it", describe_exit(code))
+            child = self.workforce.child_of(pid)
+            if child is not None:
+                self.workforce.child_exited(child, status)
+            elif self.embedded is not None:
+                self.embedded.reaped(pid, status)
+            # else not ours (we may be PID 1 in a container)
 
     def _check_health(self) -> None:
         """Once a second, not on every wake-up: busy children report several times a
         second each, and sampling all of them per report would cost the square."""
-        now = time.monotonic()
-        if now >= self._next_health_check:
-            self._next_health_check = now + TICK
+        if self._health_check.due():
             self.workforce.check_health()
 
     def _inherited_fds(self) -> list[int]:
         """The master's own descriptors, which a forked child closes."""
         fds = [self._wakeup_r, self._wakeup_w, self._selector.fileno()]
-        if self._metrics_server is not None:
-            fds.append(self._metrics_server.socket.fileno())
-        return fds
+        return fds + [fd for s in self.services if (fd := s.fileno()) is not None]
 
     # -- liveness ------------------------------------------------------------------------------
 
     def _renew_liveness(self) -> None:
         """Keep every child's jobs owned: one pipelined round trip for all children."""
-        now = time.monotonic()
-        if self.state is State.STARTING or now < self._next_renewal:
+        if self.state is State.STARTING or not self._renewal.due():
             return
         owners = self.workforce.owners()
         try:
             if owners:
                 self.broker.renew_owners(owners)
-            if now >= self._next_orphan_scan:
+            if self._orphan_scan.due():
                 self.broker.recover_dead_owners()
-                self._next_orphan_scan = now + self.deployment.owner_ttl
-            self._next_renewal = now + self.broker.liveness / 3
             self._redis_ok("job liveness renewal")
         except redis.RedisError as exc:
             self._redis_failed("cannot renew job liveness; retrying every second", exc)
-            self._next_renewal = now + 1.0
+            self._renewal.retry_in(REDIS_RETRY)
 
     def _redis_failed(self, what: str, exc: Exception) -> None:
         """Log a Redis outage once, not on every pass of the loop."""
@@ -394,10 +365,8 @@ class Master:
 
     def _publish(self) -> None:
         """Every second: this node's figures, for ``status`` on any machine."""
-        now = time.monotonic()
-        if self.state in (State.STARTING, State.STOPPED) or now < self._next_publish:
+        if self.state in (State.STARTING, State.STOPPED) or not self._publishing.due():
             return
-        self._next_publish = now + PUBLISH_INTERVAL
         self.last_snapshot = self.snapshot()
         try:
             self.publisher.publish(self.last_snapshot)
@@ -405,27 +374,11 @@ class Master:
         except redis.RedisError as exc:
             self._redis_failed("cannot publish status", exc)
 
-    def _serve_metrics(self) -> None:
-        port = self.deployment.metrics_port
-        if port is None:
-            return
-        from ..ops import metrics
-
-        try:
-            self._metrics_server = metrics.serve(port, self.deployment.metrics_bind,
-                                                 lambda: self.last_snapshot,
-                                                 self._make_broker(self.app))
-        except OSError as exc:
-            log.error("cannot serve metrics on %s:%d: %s", self.deployment.metrics_bind, port,
-                      exc.strerror)
-            return
-        log.info("metrics on http://%s:%d/metrics", self.deployment.metrics_bind, port)
-
-    def snapshot(self) -> dict[str, Any]:
+    def snapshot(self) -> NodeStatus:
         wall = time.time()
         pools, scheduler_pid = self.workforce.figures(wall, self.deployment.alerts.utilization)
         return {
-            "host": self.host,
+            "host": self.node.host,
             "pid": self.pid,
             "started_at": self.started_at,
             "updated_at": wall,
@@ -460,38 +413,34 @@ class Master:
                 self.publisher.withdraw()
             except redis.RedisError:
                 pass  # the old node key expires on its own
-            self.broker = self._make_broker(app)
-        self.publisher = Publisher(self.broker, node_id(self.host, self.pid), new.alerts,
-                                   new.node_ttl)
+            self.broker = self.new_broker()
+        self.publisher = Publisher(self.broker, self.node, new.alerts, new.node_ttl)
         self.workforce.configure(new, app, self.broker)
-        wanted: dict[str, PoolConfig | None] = {p.name: p for p in new.pools if p.runs_jobs}
-        if scheduler_child_wanted(new):
-            wanted["scheduler"] = None
-        scheduler_changed = old.scheduler != new.scheduler
-        for name in {p.name for p in self.workforce.pools if not p.draining} | set(wanted):
-            self._reconcile(name, wanted, connection_changed, scheduler_changed)
+        wanted = wanted_groups(new)
+        running = {(g.kind, g.name) for g in self.workforce.groups if not g.draining}
+        for key in sorted(running | set(wanted)):
+            self._reconcile(key, wanted.get(key), connection_changed)
         self._register_periodic()
         log.info("reloaded %s", new.source)
         self.notifier.ready(self._summary())
 
-    def _reconcile(self, name: str, wanted: dict[str, PoolConfig | None],
-                   connection_changed: bool, scheduler_changed: bool) -> None:
-        pool = self.workforce.current(name)
-        if name not in wanted:
-            if pool is not None:
-                log.info("pool %s removed: draining", name)
-                pool.draining = True
-            return
-        config = wanted[name]
-        if pool is None:
-            log.info("pool %s added", name)
-            self.workforce.new_pool(name, config)
-        elif connection_changed or config != pool.config or \
-                (config is None and scheduler_changed):
-            self.workforce.replace(pool, config)
+    def _reconcile(self, key: tuple[str, str], config: PoolConfig | SchedulerConfig | None,
+                   connection_changed: bool) -> None:
+        """Bring one group in line with the reloaded file: add, drain, replace or keep."""
+        kind, name = key
+        group = self.workforce.current(kind, name)
+        if config is None:
+            if group is not None:
+                log.info("%s %s removed: draining", kind, name)
+                group.draining = True
+        elif group is None:
+            log.info("%s %s added", kind, name)
+            self.workforce.new_group(config)
+        elif connection_changed or config != group.config:
+            self.workforce.replace(group, config)
 
     def _reload_code(self) -> None:
-        """USR2: import fresh application code, then roll every pool onto it, one by one."""
+        """USR2: import fresh application code, then roll every group onto it, one by one."""
         self.notifier.reloading()
         try:
             app = loader.reimport_app(self.deployment)
@@ -503,26 +452,26 @@ class Master:
         self.app, self.reload_error = app, None
         configure_app(app, self.deployment)
         self.workforce.configure(self.deployment, app, self.broker)
-        self.rollout = [p.name for p in self.workforce.pools if not p.draining]
+        self.rollout = [(g.kind, g.name) for g in self.workforce.groups if not g.draining]
         self._rolling = None
         self._register_periodic()
-        log.info("code reloaded; rolling pools %s", ", ".join(self.rollout))
+        log.info("code reloaded; rolling %s", ", ".join(name for _, name in self.rollout))
         self.notifier.ready(self._summary())
 
     def _advance_rollout(self) -> None:
         while self.rollout:
             if self._rolling is not None:
-                if self._rolling in self.workforce.pools:
+                if self._rolling in self.workforce.groups:
                     return  # its successor is not up yet, or it is still draining
                 self._rolling = None
                 self.rollout.pop(0)
                 continue
-            pool = self.workforce.current(self.rollout[0])
-            if pool is None:
+            group = self.workforce.current(*self.rollout[0])
+            if group is None:
                 self.rollout.pop(0)
                 continue
-            self._rolling = pool
-            self.workforce.replace(pool, pool.config)
+            self._rolling = group
+            self.workforce.replace(group, group.config)
             return
 
     # -- stopping --------------------------------------------------------------------------------
@@ -544,7 +493,7 @@ class Master:
             self.workforce.kill_all("fast stop")
 
     def _drive_stop(self) -> None:
-        if not self.workforce.workers():
+        if not self.workforce.children():
             self.state = State.STOPPED
             return
         if self.stop_deadline is not None and time.monotonic() > self.stop_deadline:
@@ -553,7 +502,7 @@ class Master:
     def _shut_down(self) -> None:
         self.workforce.kill_all("master exiting")  # only after an unexpected error in the loop
         deadline = time.monotonic() + 5
-        while self.workforce.workers() and time.monotonic() < deadline:
+        while self.workforce.children() and time.monotonic() < deadline:
             self._reap()
             time.sleep(0.01)
         for _ in range(3):
@@ -569,9 +518,8 @@ class Master:
             self.embedded.stop()
         if self._pidfile is not None:
             self._pidfile.remove()
-        if self._metrics_server is not None:
-            self._metrics_server.shutdown()
-            self._metrics_server.server_close()
+        for service in self.services:
+            service.stop()
         signal.set_wakeup_fd(-1)
         self.notifier.close()
 
@@ -603,4 +551,3 @@ def _pid_alive(pid: int) -> bool:
     except PermissionError:
         return True
     return True
-

@@ -1,4 +1,12 @@
-"""One pool's children as the master sees them: desired size, spawn backoff, failures."""
+"""Groups of children as the master sees them: how many it wants, how they do, and
+how soon to start another after a failure.
+
+A group is either a **pool** (children that run jobs, one group per
+``[pools.<name>]``) or the **scheduler group** (the one scheduler child). They
+differ in what their children run and share everything else. A reload or a
+code deploy starts a new *generation* of a group beside the old one; the old
+one drains once the new one is up.
+"""
 
 from __future__ import annotations
 
@@ -7,28 +15,31 @@ import random
 import time
 from collections import deque
 from dataclasses import dataclass, field
-from typing import Any
+from typing import ClassVar
 
 import psutil
 
-from ..core.config import PoolConfig
+from ..core.config import PoolConfig, SchedulerConfig
+from ..core.identity import OwnerId
+from ..core.nodes import PoolStatus, ProcessStatus
 from .monitor import Sample
 from .scoreboard import Scoreboard, SlotView
 from .stats import TypeStats
 
 QUICK_DEATH = 5.0  # a child dying this soon after ready, having run nothing, failed to start
-FAILING_AFTER = 3  # consecutive quick deaths before the pool shows as failing
+FAILING_AFTER = 3  # consecutive quick deaths before the group shows as failing
 RATE_WINDOW = 60.0  # processed/failed per minute are measured over this
+FIRST_SPAWN_BACKOFF = 0.25
 
 
 @dataclass(eq=False)
-class Worker:
-    """A child process of a pool."""
+class Child:
+    """A child process, as its master knows it."""
 
     pid: int
-    pool: Pool
+    group: Group
     index: int
-    owner: str | None
+    owner: OwnerId | None  # None: the scheduler child holds no jobs
     scoreboard: Scoreboard
     report_fd: int
     spawned_at: float = field(default_factory=time.monotonic)
@@ -56,7 +67,7 @@ class Worker:
 
     @property
     def label(self) -> str:
-        return self.pool.label(self.index)
+        return self.group.label(self.index)
 
     def state(self) -> str:
         """starting, idle, busy or stopping, as status shows it."""
@@ -66,7 +77,7 @@ class Worker:
             return "starting"
         return "busy" if self.last_busy else "idle"
 
-    def describe(self, now: float) -> dict[str, Any]:
+    def describe(self, now: float) -> ProcessStatus:
         """This child as ``status --json`` shows it (job type and age, never arguments)."""
         current = min(self.last_busy, key=lambda s: s.started_at) if self.last_busy else None
         return {
@@ -85,19 +96,22 @@ class Worker:
         }
 
 
-class Pool:
-    """Desired vs actual children of one pool (or of the scheduler)."""
+class Group:
+    """Wanted vs actual children of one kind, one generation."""
 
-    def __init__(self, name: str, config: PoolConfig | None, generation: int,
+    kind: ClassVar[str]
+    config: PoolConfig | SchedulerConfig
+
+    def __init__(self, name: str, generation: int, desired: int, threads: int,
                  max_backoff: float) -> None:
         self.name = name
-        self.config = config  # None for the scheduler
         self.generation = generation
-        self.desired = 1 if config is None else config.processes
+        self.desired = desired
+        self.threads = threads
         self.max_backoff = max_backoff
-        self.workers: dict[int, Worker] = {}
+        self.children: dict[int, Child] = {}
         self.draining = False
-        self.successor: Pool | None = None
+        self.successor: Group | None = None
         self.failures = 0
         self.restarts = 0
         self.last_error: str | None = None
@@ -109,26 +123,18 @@ class Pool:
         self.busy_since: float | None = None
         self.empty_since: float | None = time.time()
 
-    @property
-    def kind(self) -> str:
-        return "scheduler" if self.config is None else "pool"
-
-    @property
-    def threads(self) -> int:
-        return 1 if self.config is None else self.config.threads
-
     def label(self, index: int) -> str:
-        return self.name if self.config is None else f"{self.name}[{index}]"
+        return f"{self.name}[{index}]"
 
-    def active(self) -> list[Worker]:
-        return [w for w in self.workers.values() if not w.stopping]
+    def active(self) -> list[Child]:
+        return [c for c in self.children.values() if not c.stopping]
 
     def missing(self) -> int:
         return 0 if self.draining else max(0, self.desired - len(self.active()))
 
     def is_up(self) -> bool:
         """Every wanted child is running and ready."""
-        ready = [w for w in self.active() if w.ready_at is not None]
+        ready = [c for c in self.active() if c.ready_at is not None]
         return len(ready) >= self.desired
 
     @property
@@ -136,32 +142,32 @@ class Pool:
         return self.failures >= FAILING_AFTER
 
     def free_index(self) -> int:
-        used = {w.index for w in self.workers.values()}
+        used = {c.index for c in self.children.values()}
         return next(i for i in range(len(used) + 1) if i not in used)
 
     def may_spawn(self, now: float) -> bool:
         return now >= self.next_spawn_at
 
-    def child_died(self, worker: Worker, expected: bool, error: str | None) -> None:
+    def child_died(self, child: Child, expected: bool, error: str | None) -> None:
         """Book a death; quick unexpected deaths back off, exponentially, with jitter."""
-        del self.workers[worker.pid]
-        self.retired_done += worker.scoreboard.jobs_done
-        self.retired_failed += worker.scoreboard.jobs_failed
+        del self.children[child.pid]
+        self.retired_done += child.scoreboard.jobs_done
+        self.retired_failed += child.scoreboard.jobs_failed
         if expected:
             return
         self.restarts += 1
         if error:
             self.last_error = error
-        if not _failed_to_start(worker):
+        if not _failed_to_start(child):
             self.failures = 0
             return
         self.failures += 1
         if self.failures > 1:
-            delay = min(self.max_backoff, 0.25 * 2 ** (self.failures - 1))
+            delay = min(self.max_backoff, FIRST_SPAWN_BACKOFF * 2 ** (self.failures - 1))
             self.next_spawn_at = time.monotonic() + delay * random.uniform(0.8, 1.2)
 
-    def child_ready(self, worker: Worker) -> None:
-        worker.ready_at = time.monotonic()
+    def child_ready(self, child: Child) -> None:
+        child.ready_at = time.monotonic()
 
     def child_settled(self) -> None:
         """A child stayed up long enough: whatever failed before is over."""
@@ -171,15 +177,15 @@ class Pool:
     # -- figures for status -------------------------------------------------------------
 
     def totals(self) -> tuple[int, int]:
-        """Jobs done and failed by every child this pool ever had."""
-        done = self.retired_done + sum(w.scoreboard.jobs_done for w in self.workers.values())
-        failed = self.retired_failed + sum(w.scoreboard.jobs_failed
-                                           for w in self.workers.values())
+        """Jobs done and failed by every child this group ever had."""
+        done = self.retired_done + sum(c.scoreboard.jobs_done for c in self.children.values())
+        failed = self.retired_failed + sum(c.scoreboard.jobs_failed
+                                           for c in self.children.values())
         return done, failed
 
     def slots(self) -> tuple[int, int]:
-        """(busy, wanted) thread slots."""
-        busy = sum(len(w.last_busy) for w in self.active())
+        """(busy, wanted) job slots."""
+        busy = sum(len(c.last_busy) for c in self.active())
         return busy, self.desired * self.threads
 
     def observe(self, now: float, busy_threshold: float) -> None:
@@ -191,7 +197,7 @@ class Pool:
         busy, wanted = self.slots()
         saturated = wanted > 0 and busy / wanted > busy_threshold
         self.busy_since = (self.busy_since or now) if saturated else None
-        live = any(w.ready_at is not None for w in self.active())
+        live = any(c.ready_at is not None for c in self.active())
         self.empty_since = None if live or self.desired == 0 else (self.empty_since or now)
 
     def per_minute(self) -> tuple[float, float]:
@@ -201,28 +207,33 @@ class Pool:
         span = max(t1 - t0, 1.0)
         return (d1 - d0) * 60 / span, (f1 - f0) * 60 / span
 
-    def describe(self, now: float) -> dict[str, Any]:
-        """This pool as ``status --json`` shows it."""
-        assert self.config is not None
+    def state(self) -> str:
+        if self.draining:
+            return "stopping"
+        if self.failing:
+            return "failing"
+        return "running" if self.is_up() else "starting"
+
+    def describe(self, config: PoolConfig, now: float) -> PoolStatus:
+        """A declared pool as ``status --json`` shows it, with this group's children.
+
+        The one builder of a pool's record: a job pool describes itself; a
+        scheduler-only pool is shown with the scheduler group's child.
+        """
         done, failed = self.totals()
         busy, wanted = self.slots()
         processed, failing_rate = self.per_minute()
-        if self.draining:
-            state = "stopping"
-        elif self.failing:
-            state = "failing"
-        else:
-            state = "running" if self.is_up() else "starting"
+        runs_jobs = config.runs_jobs
         return {
-            "name": self.name,
-            "mode": self.config.mode,
-            "priorities": list(self.config.priorities),
-            "job_types": list(self.config.job_types),
+            "name": config.name,
+            "mode": config.mode,
+            "priorities": list(config.priorities) if runs_jobs else [],
+            "job_types": list(config.job_types) if runs_jobs else [],
             "concurrency": wanted,
-            "threads": self.threads,
+            "threads": self.threads if runs_jobs else 0,
             "processes_wanted": self.desired,
             "generation": self.generation,
-            "state": state,
+            "state": self.state(),
             "busy": busy,
             "utilization": round(busy / wanted, 3) if wanted else 0.0,
             "jobs_done": done,
@@ -234,34 +245,62 @@ class Pool:
             "utilization_high_since": self.busy_since,
             "no_live_child_since": self.empty_since,
             "job_type_stats": {t: s.as_dict() for t, s in sorted(self.stats.items())},
-            "processes": [w.describe(now) for w in sorted(self.workers.values(),
-                                                         key=lambda w: w.index)],
+            "processes": [c.describe(now) for c in sorted(self.children.values(),
+                                                          key=lambda c: c.index)],
         }
+
+
+class Pool(Group):
+    """Children that run jobs: one generation of a ``[pools.<name>]``."""
+
+    kind = "pool"
+    config: PoolConfig
+
+    def __init__(self, config: PoolConfig, generation: int, max_backoff: float) -> None:
+        super().__init__(config.name, generation, config.processes, config.threads,
+                         max_backoff)
+        self.config = config
 
     def jobs_limit(self) -> int | None:
         """max_jobs_per_child with up to 10% jitter, so children recycle at different times."""
-        limit = self.config.max_jobs_per_child if self.config else None
+        limit = self.config.max_jobs_per_child
         if limit is None:
             return None
         return limit + random.randint(0, max(0, limit // 10))
 
 
-def _failed_to_start(worker: Worker) -> bool:
+class SchedulerGroup(Group):
+    """The scheduler child (one per master): it contends for leadership and, leading,
+    promotes due jobs and fires periodic ticks."""
+
+    kind = "scheduler"
+    config: SchedulerConfig
+
+    def __init__(self, config: SchedulerConfig, generation: int, max_backoff: float,
+                 desired: int = 1) -> None:
+        super().__init__("scheduler", generation, desired, 0, max_backoff)
+        self.config = config
+
+    def label(self, index: int) -> str:
+        return "scheduler"
+
+
+def _failed_to_start(child: Child) -> bool:
     """A child that never got going, as opposed to a working child that died.
 
     It never reported ready, or it died soon after without running a job. A
     child that ran jobs is replaced at once however young it was: backing off
     would only slow recovery from crashes that are not about starting.
     """
-    if worker.ready_at is None:
+    if child.ready_at is None:
         return True
-    ran_jobs = worker.scoreboard.jobs_done + worker.scoreboard.jobs_failed > 0
-    return not ran_jobs and time.monotonic() - worker.ready_at < QUICK_DEATH
+    ran_jobs = child.scoreboard.jobs_done + child.scoreboard.jobs_failed > 0
+    return not ran_jobs and time.monotonic() - child.ready_at < QUICK_DEATH
 
 
-def close_worker_resources(worker: Worker) -> None:
+def close_child_resources(child: Child) -> None:
     try:
-        os.close(worker.report_fd)
+        os.close(child.report_fd)
     except OSError:
         pass
-    worker.scoreboard.close()
+    child.scoreboard.close()
