@@ -20,6 +20,25 @@ from bananas_prefork.core.embedded import RedisServer
 
 pytest_plugins = ("tests.masters",)
 
+LAYERS = {
+    "unit": "no Redis, no processes: rules and decisions, the operating system faked",
+    "contract": "the queue against a real redis-server: scripts, ordering, ownership",
+    "e2e": "real masters, real signals, the command line",
+}
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    for name, meaning in LAYERS.items():
+        config.addinivalue_line("markers", f"{name}: {meaning}")
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """A test's layer is its folder: ``scripts/test -m unit`` runs the unit layer."""
+    for item in items:
+        layer = item.path.parent.name
+        if layer in LAYERS:
+            item.add_marker(layer)
+
 
 def _binary() -> str | None:
     return os.environ.get("BANANAS_TEST_REDIS_SERVER") or None

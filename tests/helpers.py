@@ -6,6 +6,8 @@ import time
 from collections.abc import Callable
 from typing import TypeVar
 
+from bananas_prefork.core.periodic import Entry
+
 T = TypeVar("T")
 
 
@@ -20,3 +22,11 @@ def wait_until(condition: Callable[[], T], timeout: float = 10.0, interval: floa
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout}s waiting for {message}")
         time.sleep(interval)
+
+
+def entry(name: str = "e", **kw: object) -> Entry:
+    """A periodic entry as masters register it (every second, task ``record``)."""
+    base = dict(name=name, task="record", cron=None, every=1.0, priority="normal",
+                args_json="[]", kwargs_json="{}", catch_up=True)
+    base.update(kw)
+    return Entry(**base)  # type: ignore[arg-type]

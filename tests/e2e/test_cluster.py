@@ -15,7 +15,7 @@ import redis
 from redis.crc import key_slot
 
 from bananas_prefork.core.embedded import find_redis_server, free_port, port_free
-from tests.test_keyspace import exercise
+from tests.e2e.test_keyspace import exercise
 
 SHARES = (range(0, 5461), range(5461, 10923), range(10923, 16384))  # the slots per node
 

@@ -72,8 +72,8 @@ def test_readme_commands_work_from_a_fresh_clone(tmp_path: Path) -> None:
 
     # The second command, on a part of the suite (the whole suite is what CI runs
     # through .ci/run; running all of it here would run this test inside itself).
-    tested = subprocess.run([str(clone / test), "-q", "tests/test_config.py",
-                             "tests/test_enqueue.py"], cwd=clone, env=env,
+    tested = subprocess.run([str(clone / test), "-q", "tests/unit/test_config.py",
+                             "tests/contract/test_enqueue.py"], cwd=clone, env=env,
                             capture_output=True, text=True, timeout=600)
     assert tested.returncode == 0, tested.stdout[-3000:] + tested.stderr[-3000:]
     assert re.search(r"\d+ passed", tested.stdout)
