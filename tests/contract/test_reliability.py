@@ -19,7 +19,7 @@ from bananas_prefork.core.keys import Keys
 from tests.apps.recorder import runs_key
 from tests.helpers import wait_until
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 Spawn = Callable[..., subprocess.Popen[str]]
 
 

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from bananas_prefork.ops.reference import render
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 TOOLS = ("bash", "sh", "env", "dirname", "cut", "cat", "rm", "uname", "git")
 
 
