@@ -1,0 +1,60 @@
+"""Redis errors sorted by what a long-running loop should do about them.
+
+*Transient*: the server cannot serve the call now but will (a dropped
+connection, a timeout, a long script running, a restart loading its AOF, a
+replica after a failover, a full disk, out of memory, a cluster resharding).
+Wait with backoff and send the same call again: every script is idempotent
+for the same arguments.
+
+*Permanent*: the same call will fail until a person acts (a missing ACL
+permission, a wrong password, a key of the wrong type, a bug in a script, a
+key on another cluster node). Log it once, show it in ``status``, and keep
+trying slowly: the fix is a configuration change away, and a loop that dies
+would leave its pool silently smaller.
+"""
+
+from __future__ import annotations
+
+import redis
+
+# Error codes (the first word of the reply) that say "not now". Redis 7 keeps a
+# command's code when a script's redis.call() fails; Redis 6.2 wraps it in an
+# "ERR Error running script ... -CODE ..." text, so the code is searched there too.
+TRANSIENT_CODES = ("BUSY", "LOADING", "READONLY", "MISCONF", "OOM", "NOREPLICAS",
+                   "MASTERDOWN", "TRYAGAIN", "CLUSTERDOWN", "UNBLOCKED")
+
+_ALWAYS_PERMANENT = (redis.AuthenticationError, redis.exceptions.AuthorizationError,
+                     redis.exceptions.NoPermissionError)
+_ALWAYS_TRANSIENT = (redis.ConnectionError, redis.TimeoutError, redis.ReadOnlyError,
+                     redis.exceptions.OutOfMemoryError, redis.exceptions.TryAgainError,
+                     redis.exceptions.ClusterDownError)
+
+
+def error_code(exc: redis.RedisError) -> str:
+    """The reply's error code (``BUSY``, ``NOPERM``, ...), or '' when there is none."""
+    status = getattr(exc, "status_code", None)
+    if status:
+        return str(status)
+    text = str(exc)
+    first = text.split(" ", 1)[0]
+    if first.isupper() and first.isalpha():
+        return first
+    for code in TRANSIENT_CODES:
+        if f"-{code} " in text or f" {code} " in text:
+            return code
+    return ""
+
+
+def is_transient(exc: BaseException) -> bool:
+    """Whether the same call may succeed if sent again a little later."""
+    if not isinstance(exc, redis.RedisError) or isinstance(exc, _ALWAYS_PERMANENT):
+        return False
+    if isinstance(exc, _ALWAYS_TRANSIENT):
+        return True
+    return error_code(exc) in TRANSIENT_CODES
+
+
+def describe(exc: BaseException) -> str:
+    """One line for a log or an alert: the class and the server's words."""
+    text = " ".join(str(exc).split())
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
