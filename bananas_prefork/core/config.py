@@ -214,6 +214,11 @@ class Deployment:
     node_ttl: float = setting(60.0, parse=s.duration(6.0), env="BANANAS_NODE_TTL", help=(
         "How long status keeps showing a master that stopped reporting (as lost) before "
         "dropping it."))
+    hang_timeout: float = setting(60.0, parse=s.duration(5.0), env="BANANAS_HANG_TIMEOUT",
+                                  help=(
+        "Replace a child when one of its loops (a job slot waiting for work, its scheduler, "
+        "its main loop) shows no life for this long: deadlocked or stuck in a call. A slot "
+        "running a job is judged by the job's hard limit instead."))
     data_dir: str = setting(".bananas", parse=s.text, env="BANANAS_DATA_DIR", help=(
         "Directory of the embedded redis-server's data (AOF) and socket."))
     scheduler: SchedulerConfig = SchedulerConfig()

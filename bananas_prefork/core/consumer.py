@@ -46,8 +46,9 @@ class ConsumerHooks:
     def on_job_end(self, slot: int, job: Job, outcome: str, duration: float) -> None:
         """A slot finished a job: ``outcome`` is succeeded, retry or dead."""
 
-    def on_idle(self, slot: int) -> None:
-        """A slot is waiting for work (called at least once per idle timeout)."""
+    def on_alive(self, slot: int) -> None:
+        """A slot runs no job and is not stuck: it waits for work or for Redis (called at
+        least once per idle timeout, and on every retry)."""
 
 
 class Consumer:
@@ -223,7 +224,7 @@ class Consumer:
                 time.sleep(wait)
 
     def _idle(self, slot: int) -> None:
-        self.hooks.on_idle(slot)
+        self.hooks.on_alive(slot)
         try:
             self.broker.wait_for_work(self._wake_keys, self.idle_timeout)
         except (redis.ConnectionError, redis.TimeoutError):

@@ -29,7 +29,7 @@ from ..core.config import Deployment, PoolConfig
 from ..core.consumer import Consumer, ConsumerHooks
 from ..core.identity import OwnerId
 from ..core.job import Job
-from ..core.scheduler import build_scheduler
+from ..core.scheduler import Scheduler, build_scheduler
 from .exits import EXIT_BOOT_ERROR, EXIT_CRASH, EXIT_OK, EXIT_ORPHANED
 from .scoreboard import RUNNING, STOPPING, Scoreboard
 from .stats import StatsRecorder
@@ -157,7 +157,7 @@ class _Child:
                             job_timeout=pool.job_timeout, hooks=hooks)
         scheduler = None
         if self.spec.run_scheduler:
-            scheduler = build_scheduler(app, self.spec.deployment, self.spec.master_pid)
+            scheduler = self._scheduler(app)
         try:
             consumer.start()
         except Exception as exc:  # e.g. Redis went away between the master's check and us
@@ -197,7 +197,7 @@ class _Child:
                                    "promoted": scheduler.promoted})
 
     def _schedule(self, app: App) -> int:
-        scheduler = build_scheduler(app, self.spec.deployment, self.spec.master_pid)
+        scheduler = self._scheduler(app)
         thread = threading.Thread(target=scheduler.run, daemon=True, name="bananas-scheduler")
         thread.start()
         self.spec.scoreboard.set_state(RUNNING)
@@ -210,6 +210,12 @@ class _Child:
         scheduler.stop()
         thread.join(ORPHAN_GRACE if orphaned_at is not None else None)
         return EXIT_ORPHANED if orphaned_at is not None else EXIT_OK
+
+    def _scheduler(self, app: App) -> Scheduler:
+        """The scheduler, stamping the scoreboard's entry after the job slots' as it goes."""
+        board = self.spec.scoreboard
+        return build_scheduler(app, self.spec.deployment, self.spec.master_pid,
+                               heartbeat=lambda: board.slot_alive(board.threads))
 
     def _wait(self, alive: Callable[[], bool], request_stop: Callable[[], None]) -> float | None:
         """Run until the work ends; pass on stop signals; notice a dead master.
@@ -262,8 +268,8 @@ class _ScoreboardHooks(ConsumerHooks):
             self.busy -= 1
             self._retitle(None)
 
-    def on_idle(self, slot: int) -> None:
-        self.scoreboard.beat()
+    def on_alive(self, slot: int) -> None:
+        self.scoreboard.slot_alive(slot)
 
     def _retitle(self, job_type: str | None) -> None:
         if self.threads == 1:

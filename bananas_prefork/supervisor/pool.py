@@ -78,7 +78,9 @@ class Child:
         return "busy" if self.last_busy else "idle"
 
     def describe(self, now: float) -> ProcessStatus:
-        """This child as ``status --json`` shows it (job type and age, never arguments)."""
+        """This child as ``status --json`` shows it (job type and age, never arguments).
+
+        ``now`` is monotonic, the scoreboard's clock."""
         current = min(self.last_busy, key=lambda s: s.started_at) if self.last_busy else None
         return {
             "pid": self.pid,
@@ -245,8 +247,8 @@ class Group:
             "utilization_high_since": self.busy_since,
             "no_live_child_since": self.empty_since,
             "job_type_stats": {t: s.as_dict() for t, s in sorted(self.stats.items())},
-            "processes": [c.describe(now) for c in sorted(self.children.values(),
-                                                          key=lambda c: c.index)],
+            "processes": [c.describe(time.monotonic())
+                          for c in sorted(self.children.values(), key=lambda c: c.index)],
         }
 
 

@@ -1,11 +1,18 @@
 """What a child tells its master without a system call: a shared-memory record.
 
 The master maps one anonymous shared region per child before forking it. The
-child writes its heartbeat, counters and, per thread slot, the job it runs
-and when it started; the master reads them on every tick. Writing is a few
-memory stores per job, so it costs nothing on the hot path, and it still tells
-the truth when a job holds the GIL or hangs in C code: the record says when
-the job started and what its hard limit is.
+child writes its counters and, per slot, the job it runs and when it started;
+the master reads them once a second. Writing is a few memory stores per job,
+so it costs nothing on the hot path, and it still tells the truth when a job
+holds the GIL or hangs in C code: the record says when the job started and
+what its hard limit is.
+
+Liveness is written here too, and the master acts on it: the child's main
+loop beats the header every quarter second, and each loop of the child (every
+job slot, and the scheduler loop where there is one) stamps its own entry
+whenever it goes round. A loop silent for ``hang_timeout`` while it runs no job
+is stuck (deadlocked, blocked in a call): the master replaces the child.
+Times are CLOCK_MONOTONIC, which every process on the machine shares.
 
 A slot is written under a sequence counter (odd while writing) so the master
 never reads a half-written job.
@@ -35,6 +42,7 @@ class _Header(ctypes.Structure):
 
 class _Slot(ctypes.Structure):
     _fields_ = [
+        ("alive_at", ctypes.c_double),  # the loop's last round
         ("seq", ctypes.c_uint64),
         ("busy", ctypes.c_uint8),
         ("attempt", ctypes.c_uint32),
@@ -53,19 +61,25 @@ class SlotView:
     job_id: str
     job_type: str
     attempt: int
-    started_at: float  # wall clock (time.time())
+    started_at: float  # monotonic (CLOCK_MONOTONIC is one clock for every process)
     timeout: float | None
 
 
 class Scoreboard:
-    """One child's shared record: a header and one entry per thread slot."""
+    """One child's shared record: a header, one entry per job slot, and one per other
+    loop the child runs (``loops``: the scheduler's)."""
 
-    def __init__(self, threads: int) -> None:
+    def __init__(self, threads: int, loops: int = 0) -> None:
         self.threads = threads
-        size = ctypes.sizeof(_Header) + ctypes.sizeof(_Slot) * threads
+        entries = threads + loops
+        size = ctypes.sizeof(_Header) + ctypes.sizeof(_Slot) * entries
         self._map = mmap.mmap(-1, size)
         self._header = _Header.from_buffer(self._map)
-        self._slots = (_Slot * threads).from_buffer(self._map, ctypes.sizeof(_Header))
+        self._slots = (_Slot * entries).from_buffer(self._map, ctypes.sizeof(_Header))
+        now = time.monotonic()  # a new child has hang_timeout to show life
+        self._header.heartbeat = now
+        for entry in self._slots:
+            entry.alive_at = now
 
     def close(self) -> None:
         del self._header, self._slots
@@ -74,7 +88,11 @@ class Scoreboard:
     # -- the child writes ---------------------------------------------------------
 
     def beat(self) -> None:
-        self._header.heartbeat = time.time()
+        self._header.heartbeat = time.monotonic()
+
+    def slot_alive(self, slot: int) -> None:
+        """A loop went round: it is not stuck."""
+        self._slots[slot].alive_at = time.monotonic()
 
     def set_state(self, state: int) -> None:
         self._header.state = state
@@ -88,21 +106,20 @@ class Scoreboard:
         record.job_type = job_type.encode()[:JOB_TYPE_SIZE - 1]
         record.attempt = attempt
         record.timeout = timeout or 0.0
-        record.started_at = time.time()
+        record.started_at = record.alive_at = time.monotonic()
         record.busy = 1
         record.seq += 1
-        self.beat()
 
     def job_ended(self, slot: int, succeeded: bool) -> None:
         record = self._slots[slot]
         record.seq += 1
         record.busy = 0
         record.seq += 1
+        record.alive_at = time.monotonic()
         if succeeded:
             self._header.jobs_done += 1
         else:
             self._header.jobs_failed += 1
-        self.beat()
 
     # -- the master reads ---------------------------------------------------------
 
@@ -121,6 +138,18 @@ class Scoreboard:
     @property
     def jobs_failed(self) -> int:
         return int(self._header.jobs_failed)
+
+    def silence(self, now: float, limit: float) -> str | None:
+        """Why the child looks stuck, or None: a loop silent for ``limit`` seconds while
+        running no job, or a silent main loop while no job runs (a job may hold the GIL)."""
+        busy = {view.slot for view in self.busy_slots()}
+        for index, entry in enumerate(self._slots):
+            if index not in busy and now - entry.alive_at > limit:
+                name = f"slot {index}" if index < self.threads else "the scheduler loop"
+                return f"{name} silent for {now - entry.alive_at:.0f}s"
+        if not busy and now - self.heartbeat > limit:
+            return f"main loop silent for {now - self.heartbeat:.0f}s"
+        return None
 
     def busy_slots(self) -> list[SlotView]:
         views = []

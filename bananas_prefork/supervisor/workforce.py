@@ -136,16 +136,17 @@ class Workforce:
 
     def spawn(self, group: Group) -> None:
         index = group.free_index()
-        scoreboard = Scoreboard(max(1, group.threads))
-        read_fd, write_fd = os.pipe()
         pool = group if isinstance(group, Pool) else None
+        runs_scheduler = pool is None or thin_runs_scheduler(self.deployment)
+        scoreboard = Scoreboard(group.threads, loops=1 if runs_scheduler else 0)
+        read_fd, write_fd = os.pipe()
         owner = OwnerId.new(self.master_pid, 0) if pool is not None else None
         spec = ChildSpec(
             kind=group.kind, label=group.label(index), deployment=self.deployment,
             app=self.app, master_pid=self.master_pid, owner=owner, scoreboard=scoreboard,
             report_fd=write_fd, pool=pool.config if pool else None,
             max_jobs=pool.jobs_limit() if pool else None,
-            run_scheduler=pool is not None and thin_runs_scheduler(self.deployment),
+            run_scheduler=pool is not None and runs_scheduler,
             reimport_app=not self.deployment.preload_app,
             close_fds=(read_fd, *self.inherited_fds(), *self._report_fds()))
         old_mask = signal.pthread_sigmask(signal.SIG_BLOCK, MASTER_SIGNALS)
@@ -282,7 +283,7 @@ class Workforce:
 
     def check_health(self) -> None:
         """Sample every child (psutil) and act on the verdicts; called once a second."""
-        now, wall = time.monotonic(), time.time()
+        now = time.monotonic()  # hard limits must not move with NTP steps of the wall clock
         for child in self.children():
             child.last_busy = child.scoreboard.busy_slots()
             child.sample = monitor.sample(child.process) if child.process else None
@@ -290,12 +291,19 @@ class Workforce:
             if group.failures and child.ready_at is not None and \
                     now - child.ready_at > QUICK_DEATH:
                 group.child_settled()
-            if child.killed or not isinstance(group, Pool) or child.sample is None:
+            if child.killed or child.sample is None:
+                continue
+            silence = child.scoreboard.silence(now, self.deployment.hang_timeout) \
+                if child.ready_at is not None and not child.stopping else None
+            if silence is not None:
+                self.kill(child, f"hung: {silence}", lost_run=True)
+                continue
+            if not isinstance(group, Pool):
                 continue
             if child.timed_out is not None and now - (child.stop_sent_at or now) > KILL_GRACE:
                 self.kill(child, "still running past its job's hard limit", lost_run=False)
                 continue
-            verdict = monitor.judge(group.config, child.last_busy, child.sample, wall,
+            verdict = monitor.judge(group.config, child.last_busy, child.sample, now,
                                     child.stopping)
             if verdict is not None:
                 self._carry_out(child, verdict)
