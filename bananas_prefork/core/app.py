@@ -31,7 +31,13 @@ _JOB_ID = re.compile(r"^[^\s,{}]{1,200}$")
 
 
 class Task(Generic[P, R]):
-    """A registered function and its defaults; calling it runs it here and now."""
+    """A registered function and its defaults; calling it runs it here and now.
+
+    ``@app.task`` returns one. The worker applies its ``max_retries``,
+    ``timeout`` and backoff to every job of its name, however enqueued, unless
+    the enqueue call overrode them; its ``priority`` applies where the
+    enqueuing process knows the task.
+    """
 
     def __init__(self, app: App, fn: Callable[P, R], *, name: str, priority: str,
                  timeout: float | None, retry: RetryPolicy) -> None:
@@ -48,7 +54,11 @@ class Task(Generic[P, R]):
         return self.fn(*args, **kwargs)
 
     def enqueue(self, *args: P.args, **kwargs: P.kwargs) -> str:
-        """Enqueue with the task's defaults; returns the job id."""
+        """Enqueue with the task's defaults; returns the job id.
+
+        The arguments are the task's own, so no enqueue option fits here: use
+        ``enqueue_with`` for a priority, a delay or a job id.
+        """
         return self.app.enqueue(self.name, args=list(args), kwargs=dict(kwargs))
 
     def enqueue_with(self, args: Sequence[Any] = (), kwargs: dict[str, Any] | None = None,
@@ -65,7 +75,18 @@ class App:
 
     Without arguments it connects where the environment says: ``BANANAS_REDIS_URL``
     or ``REDIS_URL`` (else the embedded default) and ``BANANAS_NAMESPACE`` (else
-    ``bananas``), the same rules the command line follows.
+    ``bananas``), the same rules the command line follows. Nothing connects
+    until the first enqueue or read. In processes a master starts, the
+    deployment file's ``redis_url`` and ``namespace`` replace these.
+
+    Args:
+        redis_url: ``redis://``, ``rediss://``, ``unix://`` or ``"embedded"``.
+        namespace: key prefix, so several deployments can share one Redis.
+        result_ttl: seconds a finished job's record and result are kept.
+        dead_ttl: seconds a dead job is kept.
+        owner_ttl: seconds after which the jobs of a worker that stopped
+            renewing its liveness go back to their queues.
+        max_redeliveries: lost runs (the worker died) before a job is dead.
     """
 
     def __init__(self, redis_url: str | None = None, namespace: str | None = None, *,
@@ -88,6 +109,7 @@ class App:
 
     @property
     def redis_url(self) -> str:
+        """The URL in use, resolved (and the embedded server started) on first use."""
         if self._redis_url is None:
             self._redis_url = resolve(start_embedded=True)
         return self._redis_url
@@ -117,7 +139,17 @@ class App:
              priority: str = "normal", max_retries: int = DEFAULT_MAX_RETRIES,
              timeout: float | str | None = None, retry_backoff: float | str = DEFAULT_BACKOFF,
              retry_backoff_max: float | str = DEFAULT_BACKOFF_MAX) -> Any:
-        """Register a function as a task: ``@app.task`` or ``@app.task(name=..., ...)``."""
+        """Register a function as a task: ``@app.task`` or ``@app.task(name=..., ...)``.
+
+        Args:
+            name: the task name, which is the job type (default: the function's name).
+            priority: ``high``, ``normal`` or ``low``, for jobs enqueued without one.
+            max_retries: failed runs retried before the job is dead (0: none).
+            timeout: hard limit of one run, seconds or a duration string; the
+                child running it is killed and the run fails by this policy.
+            retry_backoff: the first retry's delay; each next one doubles, with jitter.
+            retry_backoff_max: the longest delay between two runs.
+        """
 
         def register(func: Callable[P, R]) -> Task[P, R]:
             task_name = _check_name(name or func.__name__)
@@ -140,7 +172,8 @@ class App:
 
         Stack it on ``@app.task`` (or on a plain function, which becomes a task).
         Masters register it with the schedule in Redis, like a file's
-        ``[[periodic]]`` entry (which wins on the same name).
+        ``[[periodic]]`` entry (which wins on the same name); the arguments are
+        that entry's keys. Give ``cron`` (UTC) or ``every``.
         """
         seconds = parse_duration(every) if every is not None else None
         check_schedule(cron, seconds)
@@ -165,7 +198,23 @@ class App:
                 delay: float | str | timedelta | None = None, at: datetime | None = None,
                 job_id: str | None = None, max_retries: int | None = None,
                 timeout: float | str | None = None) -> str:
-        """Enqueue one job by task name; returns its id (the given one if it existed)."""
+        """Enqueue one job by task name; returns its id (the given one if it existed).
+
+        The task's code is not needed here; its defaults apply when this app
+        knows the task. Everything is checked before Redis is touched.
+
+        Args:
+            priority: ``high``, ``normal`` or ``low`` (default: the task's, else normal).
+            delay: run no earlier than this: seconds, a duration string or a timedelta.
+            at: run no earlier than this time (a naive datetime is UTC); not with delay.
+            job_id: idempotency key (1-200 characters, no whitespace, commas or
+                braces): while a job with this id exists, nothing is enqueued.
+            max_retries: overrides the task's for this job.
+            timeout: overrides the task's (and the pool's) hard limit for this job.
+
+        Raises:
+            ValueError: a bad priority, name, time, id or a non-JSON argument.
+        """
         job = self.new_job(name, args, kwargs, priority=priority, delay=delay, at=at,
                            job_id=job_id, max_retries=max_retries, timeout=timeout)
         self.broker.enqueue([job])
@@ -232,9 +281,11 @@ class App:
     # -- reading -------------------------------------------------------------
 
     def job(self, job_id: str) -> JobInfo | None:
+        """The job's record, or None when unknown or expired (``result_ttl``, ``dead_ttl``)."""
         return self.broker.job_info(job_id)
 
     def queue_depths(self) -> dict[str, dict[str, int]]:
+        """Jobs waiting to run, per priority and job type (not scheduled or running ones)."""
         return self.broker.queue_depths()
 
     def __repr__(self) -> str:

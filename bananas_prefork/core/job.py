@@ -93,7 +93,17 @@ class Job:
 
 @dataclass(frozen=True)
 class JobContext:
-    """What ``current_job()`` returns inside a running job."""
+    """What ``current_job()`` returns inside a running job.
+
+    Attributes:
+        id: the job id.
+        name: the task name (the job type).
+        attempt: this run's number, 1 for the first; a retry or a redelivery
+            after a lost worker counts up, so a job can tell it runs again.
+        priority: ``high``, ``normal`` or ``low``.
+        pool: the name of the pool running it; None outside a master.
+        enqueued_at: epoch seconds.
+    """
 
     id: str
     name: str
@@ -105,7 +115,30 @@ class JobContext:
 
 @dataclass(frozen=True)
 class JobInfo:
-    """A job's record as ``App.job()`` reads it back."""
+    """A job's record as ``App.job()`` reads it back.
+
+    Times are epoch seconds; ``None`` where they do not apply yet.
+
+    Attributes:
+        id: the job id.
+        name: the task name (the job type).
+        priority: ``high``, ``normal`` or ``low``.
+        state: ``scheduled``, ``queued``, ``running``, ``succeeded``, ``failed``
+            (the last run failed and a retry is scheduled) or ``dead``.
+        attempts: runs started, 0 before the first.
+        redeliveries: runs lost because their worker died.
+        args: the positional arguments, as JSON gave them back.
+        kwargs: the keyword arguments.
+        enqueued_at: when it was enqueued.
+        due_at: when it is (or was) due, for a delayed job or a retry.
+        started_at: when its last run started.
+        finished_at: when its last run ended (or it died).
+        result: the return value once succeeded.
+        error: the last failure, ``Type: message``, or why it is dead.
+        traceback: the last failure's traceback.
+        owner: the worker that runs (or last ran) it.
+        options: per-job overrides given at enqueue (``max_retries``, ``timeout``).
+    """
 
     id: str
     name: str
