@@ -6,6 +6,8 @@ import time
 from collections.abc import Callable
 from typing import TypeVar
 
+import redis
+
 from bananas_prefork.core.periodic import Entry
 
 T = TypeVar("T")
@@ -22,6 +24,11 @@ def wait_until(condition: Callable[[], T], timeout: float = 10.0, interval: floa
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout}s waiting for {message}")
         time.sleep(interval)
+
+
+def blocked_in_blpop(client: redis.Redis) -> int:
+    """How many clients wait in BLPOP right now (idle consumer slots, say)."""
+    return sum(1 for c in client.client_list() if c.get("cmd") == "blpop")
 
 
 def entry(name: str = "e", **kw: object) -> Entry:

@@ -5,8 +5,9 @@ A job is one Redis hash (``Keys.job``). Its fields:
 ``name``, ``priority``            the task name (= job type) and the priority
 ``args``, ``kwargs``              JSON text of the call arguments
 ``options``                       JSON text of per-job overrides (max_retries, timeout, ...)
-``state``                         one of ``STATES``
-``attempts``, ``redeliveries``    runs started; runs lost with their worker
+``state``                         scheduled, queued, running, succeeded, failed or dead
+                                  (written by the Lua scripts, which own every change)
+``attempts``, ``redeliveries``    runs started; runs lost with their child
 ``seq``                           enqueue order across job types
 ``enqueued_at``, ``due_at``       epoch seconds
 ``started_at``, ``finished_at``   of the last run
@@ -21,15 +22,6 @@ from collections.abc import Mapping, Sequence
 from contextvars import ContextVar, Token
 from dataclasses import dataclass, field
 from typing import Any
-
-SCHEDULED = "scheduled"
-QUEUED = "queued"
-RUNNING = "running"
-SUCCEEDED = "succeeded"
-FAILED = "failed"
-DEAD = "dead"
-STATES = (SCHEDULED, QUEUED, RUNNING, SUCCEEDED, FAILED, DEAD)
-
 
 # One encoder for every call: json.dumps with options builds a new one each time.
 _ENCODER = json.JSONEncoder(separators=(",", ":"), allow_nan=False, ensure_ascii=False)

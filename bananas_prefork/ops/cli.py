@@ -27,6 +27,13 @@ from ..supervisor import loader
 cli = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="bananas-prefork: a Redis job queue with a prefork supervisor.")
 
+# Exit codes of every command (the contract's table).
+EXIT_OK = 0
+EXIT_FAILURE = 1  # no master, Redis unreachable, an unknown job: nothing wrong with the input
+EXIT_USAGE = 2  # a bad file, option or argument: the message says what is allowed
+EXIT_ALERTING = 3  # status --check: an alert is firing
+EXIT_INTERRUPTED = 130  # Ctrl-C
+
 FileArg = Annotated[Path | None, typer.Argument(
     help="Deployment file (TOML). Without it: the environment (WORKER_*, BANANAS_APP, .env).",
     show_default=False)]
@@ -41,7 +48,7 @@ def load_deployment(path: Path | None) -> Deployment:
     try:
         return config_module.load(path)
     except ConfigError as exc:
-        fail(exc, 2)
+        fail(exc, EXIT_USAGE)
 
 
 @cli.command()
@@ -62,7 +69,8 @@ def start(
     level = (log_level or deployment.log_level).lower()
     fmt = (log_format or deployment.log_format).lower()
     if level not in ("debug", "info", "warning", "error") or fmt not in ("text", "json"):
-        fail("--log-level is debug, info, warning or error; --log-format is text or json", 2)
+        fail("--log-level is debug, info, warning or error; --log-format is text or json",
+             EXIT_USAGE)
     logs.setup(level, fmt)
     try:
         app = loader.first_import(deployment)
@@ -72,9 +80,9 @@ def start(
         code = Master(deployment, app, config_path=str(file) if file else None,
                       services=services).run()
     except ConfigError as exc:
-        fail(exc, 2)
+        fail(exc, EXIT_USAGE)
     except (PidfileError, RedisUnavailable) as exc:
-        fail(exc, 1)
+        fail(exc, EXIT_FAILURE)
     raise typer.Exit(code)
 
 
@@ -85,7 +93,7 @@ def check(file: Annotated[Path, typer.Argument(help="Deployment file (TOML).")])
     try:
         app = loader.import_app(deployment)
     except ConfigError as exc:
-        fail(exc, 2)
+        fail(exc, EXIT_USAGE)
     typer.echo(f"{file}: OK (app {deployment.app}, {len(app.tasks)} task(s))")
     for line in config_module.describe(deployment):
         typer.echo(f"  {line}")
@@ -96,10 +104,10 @@ def _signal_master(file: Path | None, signum: int, action: str) -> int:
 
     source, pidfile = _pidfile_of(file, lenient=signum == signal.SIGTERM)
     if not pidfile:
-        fail(f"{source}: no pidfile is configured, so there is no master to {action}", 1)
+        fail(f"{source}: no pidfile is configured, so there is no master to {action}", EXIT_FAILURE)
     pid = read_pid(pidfile)
     if pid is None:
-        fail(f"no master is running ({pidfile} is missing or stale)", 1)
+        fail(f"no master is running ({pidfile} is missing or stale)", EXIT_FAILURE)
     os.kill(pid, signum)
     return pid
 
@@ -121,7 +129,7 @@ def _pidfile_of(file: Path | None, lenient: bool) -> tuple[str, str | None]:
     except ConfigError as exc:
         pidfile = _raw_pidfile(file) if lenient else None
         if pidfile is None:
-            fail(exc, 2)
+            fail(exc, EXIT_USAGE)
         return str(file), pidfile
 
 
@@ -166,9 +174,9 @@ def _json_arg(text: str | None, expected: type, option: str) -> Any:
     try:
         value = json.loads(text)
     except json.JSONDecodeError as exc:
-        fail(f"{option}: not valid JSON: {exc}", 2)
+        fail(f"{option}: not valid JSON: {exc}", EXIT_USAGE)
     if not isinstance(value, expected):
-        fail(f"{option}: must be a JSON {'array' if expected is list else 'object'}", 2)
+        fail(f"{option}: must be a JSON {'array' if expected is list else 'object'}", EXIT_USAGE)
     return value
 
 
@@ -182,24 +190,25 @@ def _client_app(redis_url: str | None, namespace: str | None, file: Path | None)
     for option, given, problem_of in (("--redis", redis_url, url_problem),
                                       ("--namespace", namespace, namespace_problem)):
         if given is not None and not given.strip():
-            fail(f"{option}: must not be empty", 2)
+            fail(f"{option}: must not be empty", EXIT_USAGE)
         if given and given != EMBEDDED and (problem := problem_of(given)):
-            fail(f"{option}: {problem}", 2)
+            fail(f"{option}: {problem}", EXIT_USAGE)
     deployment = load_deployment(file) if file else None
     url = redis_url or (deployment.redis_url if deployment else None)
     if deployment is not None and url in (None, EMBEDDED):
         running = running_url(deployment.data_dir)
         if running is None and url == EMBEDDED:  # never another Redis in its place
             fail(f'{deployment.source}: redis_url = "embedded", and no embedded Redis runs '
-                 f"from {deployment.data_dir}: start the master first, or pass --redis", 1)
+                 f"from {deployment.data_dir}: start the master first, or pass --redis",
+                 EXIT_FAILURE)
         url = running
     ns = namespace or (deployment.namespace if deployment else None)
     try:  # a command never starts a server: it works with one that runs
         app = App(resolve(url), namespace=ns)
     except RedisUnavailable as exc:
-        fail(exc, 1)
+        fail(exc, EXIT_FAILURE)
     except ValueError as exc:  # from the environment: the message names the variable
-        fail(exc, 2)
+        fail(exc, EXIT_USAGE)
     return app
 
 
@@ -235,9 +244,9 @@ def enqueue(
         job_id = app.enqueue(task, args=call_args, kwargs=call_kwargs, priority=priority,
                              delay=delay, job_id=job_id)
     except ValueError as exc:
-        fail(exc, 2)
+        fail(exc, EXIT_USAGE)
     except redis.RedisError as exc:
-        fail(f"cannot reach Redis at {redact(app.redis_url)}: {exc}", 1)
+        fail(f"cannot reach Redis at {redact(app.redis_url)}: {exc}", EXIT_FAILURE)
     typer.echo(job_id)
 
 
@@ -266,9 +275,9 @@ def _broker_or_fail(app: Any) -> Any:
     try:
         app.broker.ping()
     except RedisUnavailable as exc:
-        fail(exc, 1)
+        fail(exc, EXIT_FAILURE)
     except redis.RedisError as exc:
-        fail(f"cannot reach Redis at {redact(app.redis_url)}: {exc}", 1)
+        fail(f"cannot reach Redis at {redact(app.redis_url)}: {exc}", EXIT_FAILURE)
     return app.broker
 
 
@@ -301,13 +310,13 @@ def status(
             return
         data = gather(broker, alerts)
     except redis.RedisError as exc:
-        fail(f"lost the connection to Redis: {exc}", 1)
+        fail(f"lost the connection to Redis: {exc}", EXIT_FAILURE)
     if as_json:
         typer.echo(json.dumps(data, indent=2, sort_keys=True))
     else:
         Console().print(render(data, processes))
     if check and data["alerts"]:
-        raise typer.Exit(3)
+        raise typer.Exit(EXIT_ALERTING)
 
 
 @cli.command()
@@ -323,7 +332,7 @@ def job(
     broker = _broker_or_fail(_client_app(redis_url, namespace, config))
     info = broker.job_info(job_id)
     if info is None:
-        fail(f"no job {job_id!r} (unknown, or its record expired)", 1)
+        fail(f"no job {job_id!r} (unknown, or its record expired)", EXIT_FAILURE)
     data = info.as_dict(with_args=show_args)
     if as_json:
         typer.echo(json.dumps(data, indent=2, sort_keys=True))
@@ -381,7 +390,7 @@ def dead_retry(
 ) -> None:
     """Send dead jobs back to their queues with a fresh retry budget."""
     if not job_ids and not all_jobs:
-        fail("give job ids, or --all", 2)
+        fail("give job ids, or --all", EXIT_USAGE)
     broker = _broker_or_fail(_client_app(redis_url, namespace, config))
     ids = broker.dead_ids() if all_jobs else list(job_ids or [])
     count = broker.requeue_dead(ids)
@@ -390,7 +399,7 @@ def dead_retry(
     else:
         typer.echo(f"requeued {count} job(s)")
     if job_ids and count < len(job_ids):
-        raise typer.Exit(1)
+        raise typer.Exit(EXIT_FAILURE)
 
 
 @dead_cli.command("purge")
@@ -466,7 +475,7 @@ def periodic_remove(
     from ..core import periodic
 
     if not periodic.remove(_broker_or_fail(_client_app(redis_url, namespace, config)), name):
-        fail(f"no periodic entry {name!r}", 1)
+        fail(f"no periodic entry {name!r}", EXIT_FAILURE)
     typer.echo(f"removed periodic entry {name!r}")
 
 
@@ -475,4 +484,4 @@ def main() -> None:
     try:
         cli()
     except KeyboardInterrupt:
-        sys.exit(130)
+        sys.exit(EXIT_INTERRUPTED)

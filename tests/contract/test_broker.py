@@ -13,6 +13,7 @@ from bananas_prefork.core.job import Job
 from bananas_prefork.core.keys import PRIORITIES, Keys
 from bananas_prefork.core.leadership import LeaderLock
 from tests.conftest import snapshot
+from tests.helpers import wait_until
 
 ALL = ["*"]
 
@@ -149,8 +150,7 @@ def test_owner_whose_liveness_expired_is_recovered(app: App, rclient: redis.Redi
     app.broker.owner_ttl = 0.2
     job_id = app.enqueue("send_email")
     fetch(app, owner="vanished")
-    time.sleep(0.3)
-    assert not rclient.exists(Keys(app.namespace).owner("vanished"))
+    wait_until(lambda: not rclient.exists(Keys(app.namespace).owner("vanished")), timeout=2)
     assert app.broker.recover_dead_owners() == 1
     assert app.job(job_id).state == "queued"
     assert fetch(app, owner="other").id == job_id

@@ -12,7 +12,7 @@ import redis
 from bananas_prefork import App, current_job
 from bananas_prefork.core.consumer import Consumer
 from bananas_prefork.core.keys import Keys
-from tests.helpers import wait_until
+from tests.helpers import blocked_in_blpop, wait_until
 
 
 def start(consumers: list[Consumer], app: App, **kw: Any) -> Consumer:
@@ -150,7 +150,7 @@ def test_idle_consumer_picks_up_within_milliseconds(app: App, consumers: list[Co
 
     # a long backstop: only the wake-up token can explain a fast pickup
     start(consumers, app, threads=2, idle_timeout=30)
-    time.sleep(0.2)
+    wait_until(lambda: blocked_in_blpop(app.broker.client) == 2, message="idle slots")
     delays = []
     for n in range(20):
         sent = time.time()
@@ -173,7 +173,7 @@ def test_typed_consumer_wakes_only_for_its_types(app: App, consumers: list[Consu
         ran.append("theirs")
 
     start(consumers, app, job_types=["mine"], idle_timeout=30)
-    time.sleep(0.1)
+    wait_until(lambda: blocked_in_blpop(app.broker.client) == 1, message="an idle slot")
     theirs.enqueue()
     job_id = mine.enqueue()
     wait_until(lambda: state(app, job_id) == "succeeded", timeout=2)
@@ -220,7 +220,7 @@ def test_stop_timeout_returns_unfinished_jobs(app: App) -> None:
 def test_stop_is_prompt_for_idle_threads(app: App) -> None:
     consumer = Consumer(app, threads=4, idle_timeout=30)
     consumer.start()
-    time.sleep(0.1)
+    wait_until(lambda: blocked_in_blpop(app.broker.client) == 4, message="idle slots")
     began = time.monotonic()
     assert consumer.stop(timeout=5)
     assert time.monotonic() - began < 1.0
@@ -237,8 +237,8 @@ def test_max_jobs_ends_the_consumer(app: App, rclient: redis.Redis) -> None:
     done = [i for i in ids if state(app, i) == "succeeded"]
     assert len(done) == 4 and consumer.jobs_done == 4
     assert app.queue_depths()["normal"]["noop"] == 6
-    time.sleep(1.2)  # an orphaned heartbeat would have revived the owner by now
-    keys = Keys(app.namespace)
+    assert consumer._heartbeat is not None and not consumer._heartbeat.is_alive()
+    keys = Keys(app.namespace)  # and with the heartbeat ended, nothing revives the owner
     assert not rclient.exists(keys.owner(consumer.owner))
     assert not rclient.sismember(keys.owners, consumer.owner)
 
@@ -257,9 +257,11 @@ def test_survives_dropped_connections_without_losing_or_repeating(
 
     ids = app.enqueue_many([("count", [i]) for i in range(600)])
     start(consumers, app, threads=4)
+    deadline = time.monotonic() + 60
     while len(runs) < 600:
+        assert time.monotonic() < deadline, f"only {len(runs)} of 600 jobs ran"
         rclient.client_kill_filter(_type="normal", skipme=True)
-        time.sleep(0.02)
+        time.sleep(0.02)  # paces the faults
     wait_until(lambda: all(state(app, i) == "succeeded" for i in ids), timeout=20)
     assert sorted(runs) == sorted(ids)
     assert {app.job(i).attempts for i in ids} == {1}

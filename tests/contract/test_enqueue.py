@@ -38,6 +38,22 @@ def test_task_defaults_apply_to_enqueue_by_name(app: App) -> None:
     assert stranger.job(stranger.enqueue("report")).priority == "normal"
 
 
+def test_enqueue_with_takes_per_job_options_over_the_task_defaults(app: App) -> None:
+    @app.task(name="report", priority="low", max_retries=5)
+    def report(day: str, full: bool = False) -> None: ...
+
+    job_id = report.enqueue_with(["monday"], {"full": True}, priority="high", delay=60,
+                                 job_id="report-monday", max_retries=1, timeout="2m")
+    info = app.job(job_id)
+    assert info is not None and job_id == "report-monday"
+    assert (info.priority, info.state, info.args, info.kwargs) == (
+        "high", "scheduled", ["monday"], {"full": True})
+    assert info.options == {"max_retries": 1, "timeout": 120.0}
+    assert app.job(report.enqueue_with(["tuesday"])).priority == "low"  # the task's default
+    with pytest.raises(ValueError, match="unknown priority"):
+        report.enqueue_with(["x"], priority="urgent")
+
+
 def test_caller_given_job_id_is_idempotent(app: App, rclient: redis.Redis) -> None:
     first = app.enqueue("send_email", args=["x"], job_id="welcome-42")
     before = snapshot(rclient)

@@ -137,10 +137,13 @@ def test_child_that_cannot_boot_backs_off(masters: MasterFactory, app: App,
     first = master.wait_children({"default": 1, "scheduler": 1})["default"][0]
     breaker.write_text("broken")
     os.kill(first, signal.SIGKILL)
-    time.sleep(6)
-    spawns = master.read_log().count("spawned default[0]")
-    # 0.25 s doubling backoff: about 5 attempts in 6 s, not hundreds
-    assert 3 <= spawns <= 9, spawns
+    killed = time.monotonic()
+    wait_until(lambda: master.read_log().count("spawned default[0]") >= 5, timeout=20,
+               message="four restarts")
+    # doubling backoff (0.5 s, 1 s, ... +-20%) once restarts fail in a row: not hundreds
+    elapsed = time.monotonic() - killed
+    assert elapsed > 1.0, elapsed
+    assert master.read_log().count("spawned default[0]") <= 6
     assert "this deploy is broken" in master.read_log()
     breaker.unlink()
     master.wait_children({"default": 1, "scheduler": 1}, timeout=20)

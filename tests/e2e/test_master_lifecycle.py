@@ -121,10 +121,13 @@ def test_a_dead_machines_jobs_return_within_owner_ttl(masters: MasterFactory, ap
     (owner, *_) = [o for o in app.broker.members(app.broker.keys.owners)
                    if f":{doomed.pid}:" in o]
     liveness_key = app.broker.keys.owner(owner)
-    last = app.broker.client.pttl(liveness_key)
-    while (now := app.broker.client.pttl(liveness_key)) <= last:  # wait for a renewal
-        last = now
-        time.sleep(0.002)
+    ttls = [app.broker.client.pttl(liveness_key)]
+
+    def renewed() -> bool:  # the TTL went up: the master renewed it just now
+        ttls.append(app.broker.client.pttl(liveness_key))
+        return ttls[-1] > ttls[-2]
+
+    wait_until(renewed, timeout=30, interval=0.002, message="a liveness renewal")
     os.killpg(doomed.pid, signal.SIGKILL)
     killed = time.monotonic()
     wait_until(lambda: all(app.job(i).state == "queued" for i in ids), timeout=10,

@@ -104,15 +104,17 @@ def test_periodic_every_second_across_two_masters_with_a_leader_kill(
     config = toml(FAST + '\n[[periodic]]\nname = "beat"\ntask = "record"\nevery = "1s"\n',
                   owner_ttl="3s")
     started = [masters(config, name=f"m{i}") for i in range(2)]
-    time.sleep(4)
-    leader = wait_until(lambda: leader_pid(app))
-    os.killpg(master_with_pid(started, leader).pid, signal.SIGKILL)
-    time.sleep(6)
-    wait_until(lambda: leader_pid(app) not in (None, leader))
 
     def ticks() -> list[int]:
         runs = [r.split("|")[0] for r in rclient.lrange(runs_key(namespace), 0, -1)]
         return sorted(int(job_id.rsplit(":", 1)[1]) for job_id in runs)
+
+    wait_until(lambda: len(ticks()) >= 3, timeout=15, message="three ticks")
+    leader = wait_until(lambda: leader_pid(app))
+    os.killpg(master_with_pid(started, leader).pid, signal.SIGKILL)
+    before = len(ticks())
+    wait_until(lambda: leader_pid(app) not in (None, leader), timeout=10)
+    wait_until(lambda: len(ticks()) >= before + 4, timeout=15, message="ticks after the kill")
 
     # a tick job that was running in the killed master comes back when its owner's
     # liveness expires (owner_ttl = 3s here), so wait for the sequence to close

@@ -117,10 +117,21 @@ def test_status_of_a_running_three_pool_master(masters: MasterFactory, app: App,
     assert result.returncode == 0 and "UNSERVED" in result.stdout and "Pools" in result.stdout
 
 
+def published(app: App, pid: int) -> None:
+    """Wait until the master's node is in Redis with every pool up and its scheduler leads."""
+    def up() -> bool:
+        status = gather(app.broker)
+        nodes = [n for n in status["nodes"] if n["pid"] == pid]
+        return bool(nodes) and all(p["state"] == "running" for p in nodes[0]["pools"]) \
+            and status["scheduler"]["leader"] is not None
+
+    wait_until(up, timeout=15, interval=0.1, message=f"master {pid} published")
+
+
 def test_check_exit_codes(masters: MasterFactory, tmp_path: Path, redis_url: str,
                           namespace: str) -> None:
-    masters(toml("[pools.default]\nconcurrency = 1\n"))
-    time.sleep(1.2)
+    master = masters(toml("[pools.default]\nconcurrency = 1\n"))
+    published(App(redis_url, namespace=namespace), master.pid)
     healthy = cli("status", "--check", "--redis", redis_url, "--namespace", namespace,
                   cwd=tmp_path)
     assert healthy.returncode == 0, healthy.stdout
@@ -132,9 +143,9 @@ def test_check_exit_codes(masters: MasterFactory, tmp_path: Path, redis_url: str
 
 def test_unserved_queue_makes_check_fail(masters: MasterFactory, app: App, tmp_path: Path,
                                          redis_url: str, namespace: str) -> None:
-    masters(toml(THREE_POOLS))
+    master = masters(toml(THREE_POOLS))
     app.enqueue("send_email", priority="low")
-    time.sleep(1.2)
+    published(app, master.pid)
     result = cli("status", "--check", "--redis", redis_url, "--namespace", namespace,
                  cwd=tmp_path)
     assert result.returncode == 3
