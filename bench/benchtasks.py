@@ -1,6 +1,6 @@
 """The benchmark's task module, imported by the driver (core.py) and by every consumer.
 
-The job body mirrors ``benchcommon.job_body`` of /work/shared/bench/peers.py so
+The job body mirrors ``benchcommon.job_body`` of ../shared/bench/peers.py so
 that our numbers are comparable with the peer benchmark: every job does one
 ``INCR bench:done`` in Redis db 15 of the same server (the only completion
 signal the driver looks at), and a latency job also pushes its pickup delay.

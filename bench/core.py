@@ -5,7 +5,7 @@ Everything runs against one private redis-server started here and killed by
 its pid at exit (also on Ctrl-C, SIGTERM and errors). Consumers are separate
 OS processes (bench/run_consumer.py, one thread each), each in its own
 session, stopped by process group. The quantities and their method follow
-/work/shared/bench/peers.py so that the numbers can be compared with it; see
+../shared/bench/peers.py so that the numbers can be compared with it; see
 bench/README.md.
 
     .venv/bin/python bench/core.py                      # N=10000, 3 repeats
