@@ -164,8 +164,12 @@ class Broker:
                 job_types: Sequence[str]) -> StepChannel:
         return StepChannel(self, owner, slot, priorities, job_types)
 
-    def wake_keys(self, priorities: Sequence[str], job_types: Sequence[str]) -> list[str]:
-        return [self.keys.wake(p, t) for p in priorities for t in job_types]
+    def wake_keys(self, priorities: Sequence[str], job_types: Sequence[str],
+                  owner: str) -> list[str]:
+        """What an owner's idle slots block on: the wake-up lists of what they serve, and
+        the owner's control list (``wake_owner``)."""
+        return [*(self.keys.wake(p, t) for p in priorities for t in job_types),
+                self.keys.control(owner)]
 
     def wake_owner(self, owner: str, count: int) -> None:
         """Wake an owner's idle slots (they block on its control list too), e.g. to stop."""
@@ -208,9 +212,18 @@ class Broker:
                         owner, requeued, buried, reason)
         return int(requeued), int(buried)
 
+    def owner_ids(self) -> list[str]:
+        """Every owner that may hold jobs (live or not yet recovered)."""
+        return self.members(self.keys.owners)
+
+    def next_due(self) -> float | None:
+        """When the earliest scheduled job is due (epoch seconds), or None."""
+        first = self.lowest(self.keys.scheduled)
+        return first[1] if first else None
+
     def recover_dead_owners(self) -> int:
         """Recover the jobs of every owner whose liveness key expired."""
-        owners = self.members(self.keys.owners)
+        owners = self.owner_ids()
         if not owners:
             return 0
         with self.client.pipeline(transaction=False) as pipe:

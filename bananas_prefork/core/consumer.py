@@ -92,8 +92,7 @@ class Consumer:
         self._stopped = threading.Event()
         self._slots: list[threading.Thread] = []
         self._heartbeat: threading.Thread | None = None
-        self._wake_keys = [*self.broker.wake_keys(self.priorities, self.job_types),
-                           self.broker.keys.control(self.owner)]
+        self._wake_keys = self.broker.wake_keys(self.priorities, self.job_types, self.owner)
 
     # -- lifecycle -----------------------------------------------------------
 

@@ -173,6 +173,15 @@ def remove(broker: Broker, name: str) -> bool:
     return bool(removed)
 
 
+def entry_names(broker: Broker) -> list[str]:
+    return sorted(broker.fields(broker.keys.periodic))
+
+
+def declaring_nodes(broker: Broker) -> set[str]:
+    """The nodes that declare some entry."""
+    return {source.rpartition("|")[2] for source in broker.fields(broker.keys.periodic_sources)}
+
+
 def forget_node(broker: Broker, node: str) -> None:
     """Drop the source records of a node that is gone for good (its entries stay)."""
     sources = broker.fields(broker.keys.periodic_sources)

@@ -100,13 +100,13 @@ class BananasCollector(Collector):
         with self._lock:
             now = time.monotonic()
             if self._cluster is None or now - self._cluster[0] > CLUSTER_CACHE:
-                lowest = self.broker.lowest(self.broker.keys.scheduled)
+                first_due = self.broker.next_due()
                 depths, ages = self.broker.queue_report()
                 self._cluster = (now, {
                     "depths": depths,
                     "ages": ages,
                     "counts": self.broker.counts(),
-                    "first_due": lowest[1] if lowest else None,
+                    "first_due": first_due,
                     "leader": LeaderLock(self.broker).holder()[0],
                 })
             return self._cluster[1]

@@ -26,7 +26,7 @@ from ..core.nodes import (
     depth_condition,
     high_depth_condition,
 )
-from ..core.periodic import conflicts
+from ..core.periodic import conflicts, entry_names
 
 NO_LIVE_CHILD_GRACE = 10.0
 
@@ -82,7 +82,7 @@ def gather(broker: Broker, alerts: AlertsConfig | None = None) -> ClusterStatus:
             "leader": str(leader.node) if leader else None,
             "lease_expires_in": round(remaining, 3) if remaining is not None else None,
         },
-        "periodic": {"entries": sorted(broker.fields(broker.keys.periodic)),
+        "periodic": {"entries": entry_names(broker),
                      "conflicts": conflicts(broker)},
         "served_by": served_by(depths, nodes),
         "alert_thresholds": {},

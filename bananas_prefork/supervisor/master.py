@@ -277,7 +277,7 @@ class Master:
         Without this they would wait for their liveness to expire (owner_ttl).
         """
         try:
-            owners = self.broker.members(self.broker.keys.owners)
+            owners = self.broker.owner_ids()
         except redis.RedisError:
             return
         for text in owners:
@@ -295,8 +295,8 @@ class Master:
         """Declare this deployment's periodic entries in the shared schedule."""
         self._periodic_pending = True
         try:
-            for source in self.broker.fields(self.broker.keys.periodic_sources):
-                other = NodeId.parse(source.rpartition("|")[2])
+            for node in periodic.declaring_nodes(self.broker):
+                other = NodeId.parse(node)
                 if other is not None and self._dead_master_here(other):
                     periodic.forget_node(self.broker, str(other))
             periodic.register(self.broker, periodic.entries_for(self.deployment.periodic,

@@ -13,10 +13,12 @@ from hypothesis import strategies as st
 from bananas_prefork.core.config import PoolConfig
 from bananas_prefork.core.durations import format_duration, parse_duration
 from bananas_prefork.core.retry import RetryPolicy
+from bananas_prefork.supervisor import pool as pool_module
 from bananas_prefork.supervisor.monitor import KILL, TERM, Sample, judge
 from bananas_prefork.supervisor.pool import FAILING_AFTER, Child, Pool
 from bananas_prefork.supervisor.scoreboard import Scoreboard, SlotView
 from bananas_prefork.supervisor.stats import BUCKETS, StatsRecorder, TypeStats, merge
+from tests.unit.fake_os import FakeOS
 
 LIMITED = PoolConfig(name="p", max_memory_mb=100, max_memory_mb_hard=200)
 
@@ -53,7 +55,7 @@ def test_timeout_verdict_names_the_job_and_does_not_count_a_lost_run() -> None:
 
 def worker(pool: Pool, pid: int, age: float, ready: bool = False, jobs: int = 0) -> Child:
     w = Child(pid, pool, 0, None, Scoreboard(1), -1)
-    w.spawned_at = time.monotonic() - age
+    w.spawned_at = pool_module.time.monotonic() - age
     w.ready_at = w.spawned_at + 0.05 if ready else None  # ready soon after it was forked
     for _ in range(jobs):
         w.scoreboard.job_ended(0, succeeded=True)
@@ -61,13 +63,12 @@ def worker(pool: Pool, pid: int, age: float, ready: bool = False, jobs: int = 0)
     return w
 
 
-def test_quick_deaths_back_off_exponentially_up_to_the_cap() -> None:
+def test_quick_deaths_back_off_exponentially_up_to_the_cap(fake_os: FakeOS) -> None:
     pool = Pool(PoolConfig(name="p"), 1, max_backoff=2.0)
     delays = []
     for n in range(8):
-        before = time.monotonic()
         pool.child_died(worker(pool, 100 + n, age=0.1), expected=False, error="boom")
-        delays.append(pool.next_spawn_at - before)
+        delays.append(pool.next_spawn_at - fake_os.clock.mono)
     assert delays[0] <= 0  # the first crash is replaced at once
     assert 0.4 <= delays[1] <= 0.6 and 0.8 <= delays[2] <= 1.2  # then 0.5 s, doubling
     assert max(delays) <= 2.0 * 1.2
