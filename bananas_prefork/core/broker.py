@@ -14,6 +14,7 @@ from typing import Any, cast
 
 import redis
 
+from .errors import is_transient
 from .job import Job, JobInfo
 from .keys import PRIORITIES, Keys
 from .scripts import Scripts
@@ -364,8 +365,9 @@ class StepChannel:
     checkout, retry wrapper, reply callbacks): a third of a job's whole cost.
     A dedicated connection sending EVALSHA directly skips it. After NOSCRIPT
     (a restarted Redis) it loads the script and sends again; after a dropped
-    connection it disconnects and raises, and the consumer retries the same
-    step, which is safe because a step is idempotent.
+    connection or another transient error (READONLY from a demoted primary) it
+    disconnects and raises, and the consumer retries the same step, which is
+    safe because a step is idempotent.
     """
 
     def __init__(self, broker: Broker, owner: str, slot: int, priorities: Sequence[str],
@@ -389,8 +391,9 @@ class StepChannel:
             except redis.exceptions.NoScriptError:
                 self.connection.send_command("EVAL", self.script.script, *args)
                 reply = self.connection.read_response()
-        except (redis.ConnectionError, redis.TimeoutError):
-            self.connection.disconnect()
+        except redis.RedisError as exc:
+            if is_transient(exc):  # reconnect: after a failover, to the new primary
+                self.connection.disconnect()
             raise
         return parse_step_reply(reply)
 

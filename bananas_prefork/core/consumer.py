@@ -9,12 +9,17 @@ milliseconds; the blocking timeout is only a backstop.
 The prefork child runs this same class; ``ConsumerHooks`` is how it reports
 each job to its master. Standalone, a heartbeat thread keeps the owner alive
 and recovers the jobs of owners that died.
+
+No slot ever stops on its own. A Redis error, of any kind, is waited out and
+the same call sent again (every step is idempotent); a refusal that only an
+operator can fix is reported once and retried slowly. Anything else that
+escapes a slot marks the consumer ``broken``: its process must end so that a
+whole one replaces it, never a pool quietly short of a slot.
 """
 
 from __future__ import annotations
 
 import logging
-import random
 import threading
 import time
 import traceback
@@ -25,6 +30,7 @@ import redis
 from . import job as jobs
 from .app import App, Task
 from .broker import DEAD, LOST_OWNERSHIP, RETRY, SUCCEEDED, Broker, Settlement, StepChannel
+from .errors import Trouble, describe
 from .identity import OwnerId
 from .job import Job, JobContext
 from .keys import ANY_TYPE, PRIORITIES
@@ -33,7 +39,6 @@ from .retry import DEFAULT_POLICY
 log = logging.getLogger(__name__)
 
 MAX_TRACEBACK = 20_000
-RECONNECT_BACKOFF_CAP = 5.0
 HEARTBEAT_JOIN_TIMEOUT = 5.0  # a heartbeat stuck in a Redis call is abandoned (daemon thread)
 
 
@@ -45,6 +50,10 @@ class ConsumerHooks:
 
     def on_job_end(self, slot: int, job: Job, outcome: str, duration: float) -> None:
         """A slot finished a job: ``outcome`` is succeeded, retry or dead."""
+
+    def on_redis_refusal(self, where: str, error: str | None) -> None:
+        """Redis refuses the calls of one loop (``where``) for a reason only an operator
+        can fix (``error``), or that loop's calls go through again (None)."""
 
     def on_alive(self, slot: int) -> None:
         """A slot runs no job and is not stuck: it waits for work or for Redis (called at
@@ -92,6 +101,8 @@ class Consumer:
         self._stopped = threading.Event()
         self._slots: list[threading.Thread] = []
         self._heartbeat: threading.Thread | None = None
+        self.broken: str | None = None  # why a slot died, if one did: end this process
+        self.exhausted = False  # stopped itself after max_jobs
         self._wake_keys = self.broker.wake_keys(self.priorities, self.job_types, self.owner)
 
     # -- lifecycle -----------------------------------------------------------
@@ -143,7 +154,11 @@ class Consumer:
                         "expires): %s", self.owner, exc)
 
     def run(self) -> None:
-        """Start (unless started) and block until every thread has ended."""
+        """Start (unless started) and block until every slot has ended.
+
+        Raises RuntimeError when a slot died of an unexpected error (after the others
+        stopped), so that a process running this ends and is restarted whole.
+        """
         if not self._slots:
             self.start()
         for thread in self._slots:
@@ -151,6 +166,8 @@ class Consumer:
                 thread.join(0.5)
         if not self._stopped.is_set():
             self._finish()
+        if self.broken is not None:
+            raise RuntimeError(f"consumer {self.owner} broke: {self.broken}")
 
     def _finish(self) -> None:
         """End the heartbeat first, so that no renewal can revive the owner after the release."""
@@ -166,25 +183,30 @@ class Consumer:
 
     def _work(self, slot: int) -> None:
         channel = self.broker.channel(self.owner, slot, self.priorities, self.job_types)
+        trouble = Trouble(f"slot {slot} of {self.owner}", self.hooks.on_redis_refusal)
         try:
-            self._loop(slot, channel)
+            self._loop(slot, channel, trouble)
+        except BaseException as exc:  # a bug or a broken hook: the process must go
+            self.broken = f"slot {slot}: {describe(exc)}"
+            log.exception("slot %d of %s died; stopping the consumer", slot, self.owner)
+            self.request_stop()
         finally:
             channel.close()
 
-    def _loop(self, slot: int, channel: StepChannel) -> None:
+    def _loop(self, slot: int, channel: StepChannel, trouble: Trouble) -> None:
         settlement: Settlement | None = None
         while True:
             fetch = not self._stopping.is_set() and self._take_ticket()
             if settlement is None and not fetch:
                 return
-            status, job = self._step(channel, settlement, fetch)
+            status, job = self._step(slot, channel, trouble, settlement, fetch)
             if settlement is not None:
                 self._after_settle(settlement, status)
             if job is None and not fetch:
                 return
             if job is None:
                 settlement = None
-                self._idle(slot)
+                self._idle(slot, trouble)
                 continue
             settlement = self._run(slot, job)
 
@@ -195,6 +217,7 @@ class Consumer:
             if not exhausted:
                 self._started_jobs += 1
         if exhausted:
+            self.exhausted = True
             self.request_stop()
         return not exhausted
 
@@ -202,32 +225,32 @@ class Consumer:
         with self._count_lock:
             self._started_jobs -= 1
 
-    def _step(self, channel: StepChannel, settlement: Settlement | None,
-              fetch: bool) -> tuple[int | None, Job | None]:
-        """One step, retried across Redis outages (the step is idempotent)."""
-        failures = 0
+    def _step(self, slot: int, channel: StepChannel, trouble: Trouble,
+              settlement: Settlement | None, fetch: bool) -> tuple[int | None, Job | None]:
+        """One step, sent again after any Redis error until it goes through (the step is
+        idempotent); a stopping slot with nothing to settle gives up instead."""
         while True:
             try:
                 status, job = channel.step(settlement, fetch)
-                if fetch and job is None:
-                    self._return_ticket()
-                return status, job
-            except (redis.ConnectionError, redis.TimeoutError) as exc:
-                failures += 1
+            except redis.RedisError as exc:
                 if self._stopping.is_set() and settlement is None:
                     if fetch:
                         self._return_ticket()
                     return None, None
-                wait = min(RECONNECT_BACKOFF_CAP, 0.1 * 2 ** failures) * random.uniform(0.5, 1)
-                log.warning("redis unavailable (%s); retrying in %.1fs", exc, wait)
-                time.sleep(wait)
+                self.hooks.on_alive(slot)
+                time.sleep(trouble.failed(exc))
+                continue
+            trouble.recovered()
+            if fetch and job is None:
+                self._return_ticket()
+            return status, job
 
-    def _idle(self, slot: int) -> None:
+    def _idle(self, slot: int, trouble: Trouble) -> None:
         self.hooks.on_alive(slot)
         try:
             self.broker.wait_for_work(self._wake_keys, self.idle_timeout)
-        except (redis.ConnectionError, redis.TimeoutError):
-            time.sleep(random.uniform(0.5, 1.0))
+        except redis.RedisError as exc:
+            time.sleep(trouble.failed(exc))
 
     def _after_settle(self, settlement: Settlement, status: int | None) -> None:
         if status == LOST_OWNERSHIP:
@@ -297,6 +320,7 @@ class Consumer:
         """Keep this owner alive and recover the jobs of owners that died."""
         interval = max(0.05, self.broker.liveness / 3)
         next_scan = 0.0
+        trouble = Trouble(f"heartbeat of {self.owner}", self.hooks.on_redis_refusal)
         while not self._stopped.wait(interval):
             try:
                 self.broker.renew_owners([self.owner])
@@ -304,5 +328,7 @@ class Consumer:
                     self.broker.recover_dead_owners()
                     next_scan = time.monotonic() + self.broker.owner_ttl
             except redis.RedisError as exc:
-                log.warning("heartbeat failed: %s", exc)
+                trouble.failed(exc)  # the next beat is the retry
+            else:
+                trouble.recovered()
 

@@ -15,7 +15,13 @@ would leave its pool silently smaller.
 
 from __future__ import annotations
 
+import logging
+import random
+from collections.abc import Callable
+
 import redis
+
+log = logging.getLogger(__name__)
 
 # Error codes (the first word of the reply) that say "not now". Redis 7 keeps a
 # command's code when a script's redis.call() fails; Redis 6.2 wraps it in an
@@ -31,18 +37,19 @@ _ALWAYS_TRANSIENT = (redis.ConnectionError, redis.TimeoutError, redis.ReadOnlyEr
 
 
 def error_code(exc: redis.RedisError) -> str:
-    """The reply's error code (``BUSY``, ``NOPERM``, ...), or '' when there is none."""
-    status = getattr(exc, "status_code", None)
-    if status:
-        return str(status)
+    """The reply's error code (``BUSY``, ``NOPERM``, ...), or '' when there is none.
+
+    A generic ``ERR`` that wraps a script's failed call (Redis 6.2) gives the wrapped code.
+    """
     text = str(exc)
-    first = text.split(" ", 1)[0]
-    if first.isupper() and first.isalpha():
-        return first
-    for code in TRANSIENT_CODES:
-        if f"-{code} " in text or f" {code} " in text:
-            return code
-    return ""
+    code = str(getattr(exc, "status_code", None) or "")
+    if not code:
+        first = text.split(" ", 1)[0]
+        code = first if first.isupper() and first.isalpha() else ""
+    if code in ("", "ERR"):
+        wrapped = next((c for c in TRANSIENT_CODES if f"-{c} " in text), None)
+        return wrapped or code
+    return code
 
 
 def is_transient(exc: BaseException) -> bool:
@@ -58,3 +65,52 @@ def describe(exc: BaseException) -> str:
     """One line for a log or an alert: the class and the server's words."""
     text = " ".join(str(exc).split())
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+TRANSIENT_BACKOFF = (0.1, 5.0)  # first wait, longest wait
+PERMANENT_RETRY = 5.0  # a refusal is retried this often: the fix is a configuration change
+
+
+class Trouble:
+    """One loop's run of failed Redis calls: how long to wait before the next try, and
+    what to tell people about it, once rather than on every try.
+
+    ``report`` hears (where, refusal) when a permanent refusal starts (its one-line
+    description) and (where, None) when calls go through again, so it can show in
+    ``status``.
+    """
+
+    def __init__(self, where: str,
+                 report: Callable[[str, str | None], None] | None = None) -> None:
+        self.where = where
+        self.report = report or (lambda where, error: None)
+        self.failures = 0
+        self.refusal: str | None = None
+
+    def failed(self, exc: BaseException) -> float:
+        """Count a failure; the seconds to wait before trying again."""
+        self.failures += 1
+        if is_transient(exc):
+            if self.failures == 1:
+                log.warning("%s: redis unavailable (%s); retrying with backoff", self.where,
+                            describe(exc))
+            first, longest = TRANSIENT_BACKOFF
+            return min(longest, first * 2 ** self.failures) * random.uniform(0.5, 1.0)
+        refusal = describe(exc)
+        if refusal != self.refusal:
+            self.refusal = refusal
+            log.error("%s: redis refuses the call (%s); it will keep being refused until "
+                      "the Redis configuration changes; retrying every %gs", self.where,
+                      refusal, PERMANENT_RETRY)
+            self.report(self.where, refusal)
+        return PERMANENT_RETRY
+
+    def recovered(self) -> None:
+        """A call went through."""
+        if not self.failures:
+            return
+        log.info("%s: redis works again after %d failed call(s)", self.where, self.failures)
+        self.failures = 0
+        if self.refusal is not None:
+            self.refusal = None
+            self.report(self.where, None)

@@ -74,6 +74,14 @@ class SchedulerStatus(TypedDict):
     leading: bool
 
 
+class RefusalStatus(TypedDict):
+    """A loop that Redis refuses for a reason only an operator can fix (NOPERM, ...)."""
+
+    child: str  # pool[n], scheduler, or master
+    where: str
+    error: str
+
+
 class NodeStatus(TypedDict):
     host: str
     pid: int
@@ -85,6 +93,7 @@ class NodeStatus(TypedDict):
     scheduler: SchedulerStatus
     pools: list[PoolStatus]
     alerts: dict[str, float]  # the thresholds this master judges with
+    redis_refusals: list[RefusalStatus]
 
 
 def high_depth_condition(high_depth: int) -> str:

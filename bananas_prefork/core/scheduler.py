@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING
 import redis
 
 from .broker import Broker, LockLost
+from .errors import Trouble
 from .identity import LeaderToken, NodeId
 from .leadership import LeaderLock
 
@@ -49,6 +50,7 @@ class Scheduler:
         batch: int = PROMOTE_BATCH,
         tick: Callable[[str], float | None] | None = None,
         heartbeat: Callable[[], None] | None = None,
+        on_redis_refusal: Callable[[str, str | None], None] | None = None,
     ) -> None:
         self.broker = broker
         self.lock = LeaderLock(broker)
@@ -65,11 +67,17 @@ class Scheduler:
         self._stop = threading.Event()
         self._leading = threading.Event()
         self._due_sooner = threading.Event()
+        self._trouble = Trouble("scheduler", on_redis_refusal)
 
     # -- lifecycle -----------------------------------------------------------
 
     def run(self) -> None:
-        """Contend, lead, and let go cleanly when stop() is called."""
+        """Contend, lead, and let go cleanly when stop() is called.
+
+        Every Redis error is waited out (a leader that cannot renew for a whole
+        lease finds out on its next call: the scripts fence it). Anything else
+        ends this method: whoever runs the scheduler must then end its process.
+        """
         threading.Thread(target=self._listen_for_wakeups, daemon=True,
                          name="bananas-scheduler-wake").start()
         try:
@@ -80,9 +88,10 @@ class Scheduler:
                         self._lead_once()
                     else:
                         self._contend_once()
-                except (redis.ConnectionError, redis.TimeoutError) as exc:
-                    log.warning("scheduler: redis unavailable (%s)", exc)
-                    self._stop.wait(1.0)
+                except redis.RedisError as exc:
+                    self._stop.wait(self._trouble.failed(exc))
+                else:
+                    self._trouble.recovered()
         finally:
             self.resign()
 
@@ -172,7 +181,7 @@ class Scheduler:
             try:
                 if self.lock.wait_for_wake(1.0):
                     self._due_sooner.set()
-            except (redis.ConnectionError, redis.TimeoutError):
+            except redis.RedisError:  # the leader's own calls report it; it wakes anyway
                 self._stop.wait(0.5)
 
 
@@ -185,7 +194,9 @@ def _earliest(a: float | None, b: float | None) -> float | None:
 
 
 def build_scheduler(app: App, deployment: Deployment, master_pid: int,
-                    heartbeat: Callable[[], None] | None = None) -> Scheduler:
+                    heartbeat: Callable[[], None] | None = None,
+                    on_redis_refusal: Callable[[str, str | None], None] | None = None,
+                    ) -> Scheduler:
     """The scheduler a master's child (or a thin pool's child) runs."""
     from .periodic import PeriodicRunner
 
@@ -193,4 +204,4 @@ def build_scheduler(app: App, deployment: Deployment, master_pid: int,
     runner = PeriodicRunner(app.broker, handover_window=3 * lease)
     return Scheduler(app.broker, node=NodeId.of_master(master_pid),
                      interval=deployment.scheduler.interval, lease=lease, tick=runner.fire_due,
-                     heartbeat=heartbeat)
+                     heartbeat=heartbeat, on_redis_refusal=on_redis_refusal)

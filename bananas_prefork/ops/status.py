@@ -179,7 +179,9 @@ def _node_alerts(node: NodeStatus, now: float, thresholds: AlertsConfig) -> list
     if node.get("state") == "lost":
         return [Alert("node_lost", f"master {where} stopped reporting "
                                    f"{now - float(node.get('updated_at', now)):.0f}s ago")]
-    alerts = []
+    alerts = [Alert("redis_refusal", f"{where}/{refusal['child']}: Redis refuses "
+                                     f"{refusal['where']}: {refusal['error']}")
+              for refusal in node.get("redis_refusals", [])]
     if node.get("reload_error"):
         alerts.append(Alert("reload_failed", f"{where}: last reload failed: "
                                              f"{node['reload_error']}", "warning"))

@@ -13,6 +13,7 @@ import json
 import logging
 import os
 import random
+import select
 import signal
 import threading
 import time
@@ -79,7 +80,8 @@ class _Child:
         self.spec = spec
         self.stats = StatsRecorder()
         self.finished = threading.Event()  # the work has ended: stop sending stats
-        self.stop_requested = threading.Event()
+        self.stop_requested = False  # TERM or INT arrived (read from the wakeup pipe)
+        self._wakeup = -1
         self.title = f"bananas-prefork: {spec.label}"
 
     def main(self) -> int:
@@ -108,17 +110,29 @@ class _Child:
                 os.close(fd)
             except OSError:
                 pass
-        signal.set_wakeup_fd(-1)
         for signum in MASTER_SIGNALS:
             signal.signal(signum, signal.SIG_DFL)
+        # A handler only wakes the main loop: the wakeup fd carries the signal number
+        # (setting an Event in a handler could deadlock against a thread waiting on it).
+        self._wakeup, write = os.pipe()
+        for fd in (self._wakeup, write):
+            os.set_blocking(fd, False)
+        signal.set_wakeup_fd(write, warn_on_full_buffer=False)
         for signum in (signal.SIGTERM, signal.SIGINT):
-            signal.signal(signum, self._on_stop_signal)
+            signal.signal(signum, _wake_only)
         signal.signal(signal.SIGQUIT, lambda *_: os._exit(EXIT_OK))
         signal.signal(signal.SIGHUP, signal.SIG_IGN)
         signal.pthread_sigmask(signal.SIG_UNBLOCK, MASTER_SIGNALS)
 
-    def _on_stop_signal(self, signum: int, frame: object) -> None:
-        self.stop_requested.set()
+    def _signalled(self, timeout: float) -> bool:
+        """Wait up to ``timeout`` for a signal; True once TERM or INT has arrived."""
+        if not self.stop_requested and select.select([self._wakeup], [], [], timeout)[0]:
+            try:
+                received = os.read(self._wakeup, 64)
+            except BlockingIOError:
+                received = b""
+            self.stop_requested = bool({signal.SIGTERM, signal.SIGINT} & set(received))
+        return self.stop_requested
 
     def _die_with_master(self) -> bool:
         """Ask the kernel for SIGTERM when the master dies; False if it already has."""
@@ -150,27 +164,29 @@ class _Child:
     def _consume(self, app: App) -> int:
         pool, owner = self.spec.pool, self.spec.owner
         assert pool is not None and owner is not None
-        hooks = _ScoreboardHooks(self.spec.scoreboard, self.title, pool.threads, self.stats)
+        hooks = _ScoreboardHooks(self.spec.scoreboard, self.title, pool.threads, self.stats,
+                                 self.refused)
         consumer = Consumer(app, priorities=pool.priorities, job_types=pool.job_types,
                             threads=pool.threads, pool=pool.name, owner=str(owner),
                             heartbeat=False, max_jobs=self.spec.max_jobs,
                             job_timeout=pool.job_timeout, hooks=hooks)
-        scheduler = None
-        if self.spec.run_scheduler:
-            scheduler = self._scheduler(app)
+        scheduler = self._scheduler(app) if self.spec.run_scheduler else None
         try:
             consumer.start()
         except Exception as exc:  # e.g. Redis went away between the master's check and us
             self.report(boot_error=f"cannot start consuming: {exc}")
             return EXIT_BOOT_ERROR
-        if scheduler is not None:
-            threading.Thread(target=scheduler.run, daemon=True, name="bananas-scheduler").start()
+        scheduling = _start(scheduler.run, "bananas-scheduler") if scheduler else None
         self.spec.scoreboard.set_state(RUNNING)
         setproctitle(f"{self.title} idle")
         self.report(ready=True, owner=str(owner))
-        threading.Thread(target=self._send_stats, args=(scheduler,), daemon=True,
-                         name="bananas-stats").start()
-        orphaned_at = self._wait(consumer.is_alive, consumer.request_stop)
+        _start(lambda: self._send_stats(scheduler), "bananas-stats")
+
+        def working() -> bool:
+            return consumer.is_alive() and consumer.broken is None and \
+                (scheduling is None or scheduling.is_alive())
+
+        orphaned_at = self._wait(working, consumer.request_stop)
         self.finished.set()
         self.spec.scoreboard.set_state(STOPPING)
         if scheduler is not None:
@@ -180,7 +196,12 @@ class _Child:
             return EXIT_ORPHANED
         consumer.stop()
         self._flush_stats()
-        return EXIT_OK
+        if self.stop_requested:
+            return EXIT_OK
+        if consumer.exhausted and consumer.broken is None:
+            self.report(leaving="recycling: max_jobs_per_child reached")
+            return EXIT_OK
+        return self._broke(consumer.broken or "the scheduler thread ended")
 
     def _send_stats(self, scheduler: Any = None) -> None:
         """Once a second: what this child's jobs did since the last time, and whether
@@ -198,24 +219,36 @@ class _Child:
 
     def _schedule(self, app: App) -> int:
         scheduler = self._scheduler(app)
-        thread = threading.Thread(target=scheduler.run, daemon=True, name="bananas-scheduler")
-        thread.start()
+        thread = _start(scheduler.run, "bananas-scheduler")
         self.spec.scoreboard.set_state(RUNNING)
         setproctitle(f"{self.title} running")
         self.report(ready=True)
-        threading.Thread(target=self._send_stats, args=(scheduler,), daemon=True,
-                         name="bananas-stats").start()
+        _start(lambda: self._send_stats(scheduler), "bananas-stats")
         orphaned_at = self._wait(thread.is_alive, scheduler.stop)
         self.finished.set()
         scheduler.stop()
         thread.join(ORPHAN_GRACE if orphaned_at is not None else None)
-        return EXIT_ORPHANED if orphaned_at is not None else EXIT_OK
+        if orphaned_at is not None:
+            return EXIT_ORPHANED
+        return EXIT_OK if self.stop_requested else self._broke("the scheduler thread ended")
+
+    def _broke(self, why: str) -> int:
+        """A loop of this child ended on its own: leave, so that the master starts a whole
+        child in its place (never a pool quietly short of a slot, or no scheduler)."""
+        log.error("child %s cannot go on (%s); exiting to be replaced", self.spec.label, why)
+        self.report(leaving=f"crashed: {why}", crashed=True)
+        return EXIT_CRASH
 
     def _scheduler(self, app: App) -> Scheduler:
         """The scheduler, stamping the scoreboard's entry after the job slots' as it goes."""
         board = self.spec.scoreboard
         return build_scheduler(app, self.spec.deployment, self.spec.master_pid,
-                               heartbeat=lambda: board.slot_alive(board.threads))
+                               heartbeat=lambda: board.slot_alive(board.threads),
+                               on_redis_refusal=self.refused)
+
+    def refused(self, where: str, error: str | None) -> None:
+        """Tell the master a loop of ours is refused by Redis (for status), or no longer."""
+        self.report(redis_refusal={"where": where, "error": error})
 
     def _wait(self, alive: Callable[[], bool], request_stop: Callable[[], None]) -> float | None:
         """Run until the work ends; pass on stop signals; notice a dead master.
@@ -225,7 +258,7 @@ class _Child:
         """
         stopping = False
         while alive():
-            if self.stop_requested.wait(0.25) and not stopping:
+            if self._signalled(0.25) and not stopping:
                 stopping = True
                 request_stop()
             if os.getppid() != self.spec.master_pid:
@@ -234,6 +267,16 @@ class _Child:
                 return time.monotonic()
             self.spec.scoreboard.beat()
         return None
+
+
+def _wake_only(signum: int, frame: object) -> None:
+    """The wakeup fd already carries the signal to the main loop; nothing runs here."""
+
+
+def _start(target: Callable[[], object], name: str) -> threading.Thread:
+    thread = threading.Thread(target=target, daemon=True, name=name)
+    thread.start()
+    return thread
 
 
 def configure_app(app: App, deployment: Deployment) -> None:
@@ -247,13 +290,17 @@ class _ScoreboardHooks(ConsumerHooks):
     """Reports every job to the master's scoreboard, the stats and the process title."""
 
     def __init__(self, scoreboard: Scoreboard, title: str, threads: int,
-                 stats: StatsRecorder) -> None:
+                 stats: StatsRecorder, refused: Callable[[str, str | None], None]) -> None:
+        self.refused = refused
         self.scoreboard = scoreboard
         self.stats = stats
         self.title = title
         self.threads = threads
         self.busy = 0
         self.lock = threading.Lock()
+
+    def on_redis_refusal(self, where: str, error: str | None) -> None:
+        self.refused(where, error)
 
     def on_job_start(self, slot: int, job: Job, timeout: float | None) -> None:
         self.scoreboard.job_started(slot, job.id, job.name, job.attempt, timeout)

@@ -30,8 +30,9 @@ from ..core.app import App
 from ..core.broker import Broker
 from ..core.config import ConfigError, Deployment, PoolConfig, SchedulerConfig, load
 from ..core.connection import EMBEDDED, connect, resolve, wants_embedded
+from ..core.errors import Trouble
 from ..core.identity import NodeId, OwnerId
-from ..core.nodes import NodeStatus
+from ..core.nodes import NodeStatus, RefusalStatus
 from . import loader
 from .child_main import configure_app
 from .embedded_keeper import EmbeddedKeeper
@@ -107,7 +108,9 @@ class Master:
         self._health_check = Every(TICK)
         self._publishing = Every(PUBLISH_INTERVAL)
         self._periodic_pending = False
-        self._redis_outages: set[str] = set()
+        self.refusals: dict[str, str] = {}  # what Redis refuses the master itself
+        self._renewal_trouble = Trouble("master: job liveness renewal", self._refused)
+        self._publish_trouble = Trouble("master: status publishing", self._refused)
         self._pidfile = Pidfile(deployment.pidfile) if deployment.pidfile else None
         self.publisher = Publisher(self.broker, self.node, deployment.alerts,
                                    deployment.node_ttl)
@@ -345,21 +348,15 @@ class Master:
                 self.broker.renew_owners(owners)
             if self._orphan_scan.due():
                 self.broker.recover_dead_owners()
-            self._redis_ok("job liveness renewal")
+            self._renewal_trouble.recovered()
         except redis.RedisError as exc:
-            self._redis_failed("cannot renew job liveness; retrying every second", exc)
-            self._renewal.retry_in(REDIS_RETRY)
+            self._renewal.retry_in(min(REDIS_RETRY, self._renewal_trouble.failed(exc)))
 
-    def _redis_failed(self, what: str, exc: Exception) -> None:
-        """Log a Redis outage once, not on every pass of the loop."""
-        if what not in self._redis_outages:
-            self._redis_outages.add(what)
-            log.warning("%s: %s", what, exc)
-
-    def _redis_ok(self, what: str) -> None:
-        if self._redis_outages:
-            self._redis_outages.clear()
-            log.info("redis is back (%s works again)", what)
+    def _refused(self, where: str, error: str | None) -> None:
+        if error is None:
+            self.refusals.pop(where, None)
+        else:
+            self.refusals[where] = error
 
     # -- status ---------------------------------------------------------------------------------
 
@@ -370,9 +367,9 @@ class Master:
         self.last_snapshot = self.snapshot()
         try:
             self.publisher.publish(self.last_snapshot)
-            self._redis_ok("status publishing")
+            self._publish_trouble.recovered()
         except redis.RedisError as exc:
-            self._redis_failed("cannot publish status", exc)
+            self._publish_trouble.failed(exc)  # the next second is the retry
 
     def snapshot(self) -> NodeStatus:
         wall = time.time()
@@ -389,7 +386,13 @@ class Master:
                           "leading": bool(self.workforce.scheduler_state.get("leading"))},
             "pools": pools,
             "alerts": dataclasses.asdict(self.deployment.alerts),
+            "redis_refusals": self._refusals(),
         }
+
+    def _refusals(self) -> list[RefusalStatus]:
+        own: list[RefusalStatus] = [{"child": "master", "where": where, "error": error}
+                                    for where, error in sorted(self.refusals.items())]
+        return own + self.workforce.refusals()
 
     # -- reloads -------------------------------------------------------------------------------
 

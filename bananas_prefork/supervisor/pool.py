@@ -53,6 +53,8 @@ class Child:
     last_busy: list[SlotView] = field(default_factory=list)
     report_buffer: bytes = b""
     process: psutil.Process | None = None
+    crash: str | None = None  # why the child says it must go (a loop of it ended)
+    refusals: dict[str, str] = field(default_factory=dict)  # loop -> what Redis refuses
 
     def __post_init__(self) -> None:
         try:

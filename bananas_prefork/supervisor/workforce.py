@@ -25,11 +25,11 @@ from ..core.broker import Broker
 from ..core.config import Deployment, PoolConfig, SchedulerConfig
 from ..core.identity import OwnerId
 from ..core.job import Job
-from ..core.nodes import PoolStatus
+from ..core.nodes import PoolStatus, RefusalStatus
 from ..core.retry import DEFAULT_POLICY
 from . import child_main, monitor
 from .child_main import MASTER_SIGNALS, ChildSpec
-from .exits import EXIT_BOOT_ERROR, EXIT_OK, describe_exit
+from .exits import EXIT_BOOT_ERROR, describe_exit
 from .pool import QUICK_DEATH, Child, Group, Pool, SchedulerGroup, close_child_resources
 from .scoreboard import Scoreboard
 from .stats import merge as merge_stats
@@ -191,15 +191,37 @@ class Workforce:
                 message = json.loads(line)
             except ValueError:
                 continue
-            if message.get("ready") and child.ready_at is None:
-                child.group.child_ready(child)
-                log.info("%s (pid %d) is ready", child.label, child.pid)
-            if message.get("boot_error"):
-                child.group.last_error = str(message["boot_error"])
-            if isinstance(message.get("stats"), dict):
-                merge_stats(child.group.stats, message["stats"])
-            if isinstance(message.get("scheduler"), dict):
-                self.scheduler_state = message["scheduler"]
+            if isinstance(message, dict):
+                self._on_report(child, message)
+
+    def _on_report(self, child: Child, message: dict[str, Any]) -> None:
+        if message.get("ready") and child.ready_at is None:
+            child.group.child_ready(child)
+            log.info("%s (pid %d) is ready", child.label, child.pid)
+        if message.get("boot_error"):
+            child.group.last_error = str(message["boot_error"])
+        if isinstance(message.get("stats"), dict):
+            merge_stats(child.group.stats, message["stats"])
+        if isinstance(message.get("scheduler"), dict):
+            self.scheduler_state = message["scheduler"]
+        if message.get("leaving"):
+            self._leaving(child, str(message["leaving"]), bool(message.get("crashed")))
+        if isinstance(message.get("redis_refusal"), dict):
+            refusal = message["redis_refusal"]
+            where, error = str(refusal.get("where")), refusal.get("error")
+            if error:
+                child.refusals[where] = str(error)
+            else:
+                child.refusals.pop(where, None)
+
+    def _leaving(self, child: Child, why: str, crashed: bool) -> None:
+        """The child is about to exit on its own: recycling after max_jobs_per_child (an
+        expected exit), or because a loop of it ended (a crash, to be replaced)."""
+        if crashed:
+            child.crash = why
+        elif not child.stopping:
+            child.stop_reason, child.stop_sent_at, child.lost_run = why, time.monotonic(), \
+                False
 
     def stop(self, child: Child, reason: str, lost_run: bool = False) -> None:
         """Ask a child to stop gracefully (finish its jobs, then exit)."""
@@ -232,14 +254,18 @@ class Workforce:
         self.selector.unregister(child.report_fd)
         code = os.waitstatus_to_exitcode(status)
         how = describe_exit(code)
-        expected = child.stopping or code == EXIT_OK
+        # Only an exit we asked for (or one the child announced) is expected: a child that
+        # leaves unasked while it holds jobs lost those runs, whatever its exit code.
+        expected = child.stopping and child.crash is None
         if child.owner is not None:
             if child.timed_out is not None:
                 self._fail_timed_out(child)
-            lost = child.lost_run if child.stopping else code != EXIT_OK
-            self.recover(child.owner, lost_run=lost,
-                         reason=f"worker lost: {child.stop_reason or how}")
-        error = child.group.last_error if code == EXIT_BOOT_ERROR else f"{child.label} {how}"
+            self.recover(child.owner, lost_run=child.lost_run if expected else True,
+                         reason=f"worker lost: {child.stop_reason or child.crash or how}")
+        if code == EXIT_BOOT_ERROR:
+            error = child.group.last_error
+        else:
+            error = f"{child.label} {how}" + (f": {child.crash}" if child.crash else "")
         child.group.child_died(child, expected, None if expected else error)
         close_child_resources(child)
         level = logging.INFO if expected else logging.WARNING
@@ -321,6 +347,11 @@ class Workforce:
             self.stop(child, verdict.reason)  # one recycle at a time per pool
 
     # -- the whole workforce -------------------------------------------------------------------
+
+    def refusals(self) -> list[RefusalStatus]:
+        """What Redis refuses each child's loops, for status."""
+        return [{"child": c.label, "where": where, "error": error}
+                for c in self.children() for where, error in sorted(c.refusals.items())]
 
     def owners(self) -> list[str]:
         return [str(c.owner) for c in self.children() if c.owner is not None]

@@ -24,7 +24,8 @@ from bananas_prefork.supervisor import monitor, pool, publisher, scoreboard, tim
 from bananas_prefork.supervisor.master import Master
 from bananas_prefork.supervisor.workforce import Workforce
 
-UNREACHABLE = "redis://127.0.0.1:1/0"  # never contacted: Redis calls are recorded instead
+UNREACHABLE = "redis://127.0.0.1:1/0"
+_real_pipe = os.pipe  # never contacted: Redis calls are recorded instead
 
 
 class FakeClock:
@@ -82,6 +83,18 @@ class FakeOS:
     exits: list[tuple[int, int]] = field(default_factory=list)  # (pid, wait status) to reap
     forks: int = 0
     fail_forks: int = 0
+    writers: dict[int, int] = field(default_factory=dict)  # report pipe: read end -> write end
+
+    def pipe(self) -> tuple[int, int]:
+        """A real pipe whose write end stays open for the test (the master closes its copy
+        after fork; the child would keep its own)."""
+        read, write = _real_pipe()
+        self.writers[read] = os.dup(write)
+        return read, write
+
+    def report(self, child: Any, line: bytes) -> None:
+        """What a child writes to its master."""
+        os.write(self.writers[child.report_fd], line + b"\n")
 
     def fork(self) -> int:
         if self.fail_forks:
@@ -152,6 +165,7 @@ def install(monkeypatch: pytest.MonkeyPatch) -> FakeOS:
     for module in (workforce, pool, master_module, timing, publisher, scoreboard):
         monkeypatch.setattr(module, "time", fake.clock)
     monkeypatch.setattr(workforce.os, "fork", fake.fork)
+    monkeypatch.setattr(workforce.os, "pipe", fake.pipe)
     monkeypatch.setattr(workforce.os, "kill", fake.kill)
     monkeypatch.setattr(master_module.os, "waitpid", fake.waitpid)
     monkeypatch.setattr(pool.psutil, "Process", fake.psutil_process)

@@ -75,6 +75,39 @@ def test_a_crashed_child_is_replaced_and_its_jobs_count_a_lost_run(
         ("pool", "io")]
 
 
+def test_a_child_that_exits_0_unasked_lost_its_run_and_counts_as_a_failure(
+        fake_os: FakeOS, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A job that calls os._exit(0) ends its child with code 0: a lost run all the same,
+    and restarts that follow at once back off like any crash loop."""
+    master = new_master(deployment({"pools": {"p": {"concurrency": 1}}},
+                                   scheduler={"enabled": False}), monkeypatch)
+    master.workforce.manage()
+    (child,) = master.workforce.children()
+    fake_os.exit(child.pid, 0)
+    master._reap()
+    assert master.broker.recovered == [  # type: ignore[attr-defined]
+        (str(child.owner), True, "worker lost: exited with code 0")]
+    (group,) = master.workforce.groups
+    assert group.restarts == 1 and group.failures == 1
+
+
+def test_a_child_that_says_it_is_leaving_is_not_a_failure(
+        fake_os: FakeOS, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A child recycling itself after max_jobs_per_child says so before it exits 0."""
+    master = new_master(deployment({"pools": {"p": {"concurrency": 1}}},
+                                   scheduler={"enabled": False}), monkeypatch)
+    master.workforce.manage()
+    (child,) = master.workforce.children()
+    child.group.child_ready(child)
+    fake_os.report(child, b'{"leaving": "recycling: max_jobs_per_child reached"}')
+    fake_os.exit(child.pid, 0)
+    master._reap()
+    (group,) = master.workforce.groups
+    assert group.restarts == 0 and group.failures == 0
+    assert master.broker.recovered == [  # type: ignore[attr-defined]
+        (str(child.owner), False, "worker lost: recycling: max_jobs_per_child reached")]
+
+
 def test_a_child_we_stopped_returns_its_jobs_unharmed(
         fake_os: FakeOS, monkeypatch: pytest.MonkeyPatch) -> None:
     master = new_master(deployment(TWO_POOLS), monkeypatch)
