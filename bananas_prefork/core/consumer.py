@@ -23,7 +23,7 @@ import logging
 import threading
 import time
 import traceback
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import redis
 
@@ -58,6 +58,55 @@ class ConsumerHooks:
     def on_alive(self, slot: int) -> None:
         """A slot runs no job and is not stuck: it waits for work or for Redis (called at
         least once per idle timeout, and on every retry)."""
+
+
+class SoloGate:
+    """Lets a job that may have killed its child run with no other job beside it.
+
+    A job whose child died with it and other running jobs ``max_redeliveries``
+    times (its options say ``solo``) waits, holding its slot, until every other
+    slot has finished its job; meanwhile no slot fetches. Then it runs alone: if
+    it kills the child again, it was the culprit and it alone ends dead.
+    """
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._holding = 0  # slots holding a job, running it or waiting to run it alone
+        self._waiting = 0  # of those, slots waiting to run theirs alone
+        self._alone = False
+
+    def is_open(self) -> bool:
+        """Whether a slot may fetch: no job is waiting to run alone, none is."""
+        return not (self._waiting or self._alone)
+
+    def wait_open(self, alive: Callable[[], None], stopping: threading.Event) -> None:
+        with self._cond:
+            while not self.is_open() and not stopping.is_set():
+                alive()
+                self._cond.wait(0.5)
+
+    def took(self) -> None:
+        with self._cond:
+            self._holding += 1
+
+    def released(self) -> None:
+        with self._cond:
+            self._holding -= 1
+            self._cond.notify_all()
+
+    def run_alone(self, alive: Callable[[], None]) -> None:
+        with self._cond:
+            self._waiting += 1
+            while self._alone or self._holding - self._waiting > 0:
+                alive()
+                self._cond.wait(0.5)
+            self._waiting -= 1
+            self._alone = True
+
+    def alone_done(self) -> None:
+        with self._cond:
+            self._alone = False
+            self._cond.notify_all()
 
 
 class Consumer:
@@ -100,6 +149,7 @@ class Consumer:
         self._stopping = threading.Event()
         self._stopped = threading.Event()
         self._slots: list[threading.Thread] = []
+        self._gate = SoloGate()
         self._heartbeat: threading.Thread | None = None
         self.broken: str | None = None  # why a slot died, if one did: end this process
         self.exhausted = False  # stopped itself after max_jobs
@@ -196,18 +246,25 @@ class Consumer:
     def _loop(self, slot: int, channel: StepChannel, trouble: Trouble) -> None:
         settlement: Settlement | None = None
         while True:
-            fetch = not self._stopping.is_set() and self._take_ticket()
+            if settlement is None:  # holding nothing: the one place a slot may wait its turn
+                self._gate.wait_open(lambda: self.hooks.on_alive(slot), self._stopping)
+            fetch = not self._stopping.is_set() and self._gate.is_open() and \
+                self._take_ticket()
             if settlement is None and not fetch:
-                return
+                if self._stopping.is_set():
+                    return
+                continue
             status, job = self._step(slot, channel, trouble, settlement, fetch)
             if settlement is not None:
                 self._after_settle(settlement, status)
-            if job is None and not fetch:
-                return
+                self._gate.released()
             if job is None:
                 settlement = None
+                if not fetch:
+                    continue  # settled only: stopping, or a solo run waits for the slots
                 self._idle(slot, trouble)
                 continue
+            self._gate.took()
             settlement = self._run(slot, job)
 
     def _take_ticket(self) -> bool:
@@ -263,9 +320,18 @@ class Consumer:
     def _run(self, slot: int, job: Job) -> Settlement:
         task = self.app.tasks.get(job.name)
         timeout = self._timeout_for(job, task)
+        solo = bool(job.options().get("solo"))
+        if solo:
+            log.info("job %s (%s) runs alone: its child died with it and others %d times",
+                     job.id, job.name, job.attempt - 1)
+            self._gate.run_alone(lambda: self.hooks.on_alive(slot))
         self.hooks.on_job_start(slot, job, timeout)
         started = time.monotonic()
-        settlement = self._execute(job, task)
+        try:
+            settlement = self._execute(job, task)
+        finally:
+            if solo:
+                self._gate.alone_done()
         duration = time.monotonic() - started
         with self._count_lock:
             if settlement.mode == SUCCEEDED:

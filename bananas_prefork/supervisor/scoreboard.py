@@ -25,8 +25,11 @@ import mmap
 import time
 from dataclasses import dataclass
 
-JOB_ID_SIZE = 64
-JOB_TYPE_SIZE = 96
+# Room for any id whole: a caller's id is at most 200 characters (800 bytes of UTF-8),
+# a periodic tick's id at most 224 ASCII bytes; task names at most 200 ASCII bytes.
+# Never truncated: the master finds a timed-out job by this id.
+JOB_ID_SIZE = 1024
+JOB_TYPE_SIZE = 256
 
 STARTING, RUNNING, STOPPING = 0, 1, 2
 
@@ -100,10 +103,13 @@ class Scoreboard:
 
     def job_started(self, slot: int, job_id: str, job_type: str, attempt: int,
                     timeout: float | None) -> None:
+        encoded_id, encoded_type = job_id.encode(), job_type.encode()
+        if len(encoded_id) >= JOB_ID_SIZE or len(encoded_type) >= JOB_TYPE_SIZE:
+            raise ValueError(f"job id or type too long for the scoreboard: {job_id!r}")
         record = self._slots[slot]
         record.seq += 1
-        record.job_id = job_id.encode()[:JOB_ID_SIZE - 1]
-        record.job_type = job_type.encode()[:JOB_TYPE_SIZE - 1]
+        record.job_id = encoded_id
+        record.job_type = encoded_type
         record.attempt = attempt
         record.timeout = timeout or 0.0
         record.started_at = record.alive_at = time.monotonic()

@@ -83,6 +83,13 @@ def crash_worker() -> None:
     os.kill(os.getpid(), 9)
 
 
+@app.task(max_retries=0)
+def exit_quietly() -> None:
+    """Leaves its process with code 0 mid-job: a lost run all the same."""
+    _record()
+    os._exit(0)
+
+
 @app.task
 def hog_memory(megabytes: int, hold: float = 5.0) -> int:
     _record()

@@ -191,6 +191,25 @@ def test_poison_pill_dies_as_worker_lost(app: App) -> None:
     assert fetch(app) is None
 
 
+
+def test_a_job_that_died_beside_others_gets_a_run_alone_before_it_is_dead(app: App) -> None:
+    """Two jobs lose their child together max_redeliveries times: neither is buried (one
+    may be innocent); each is marked to run alone. Alone, the culprit dies."""
+    culprit = app.enqueue("send_email", args=["poison"], max_retries=0)
+    neighbour = app.enqueue("send_email", args=["fine"])
+    for round in range(3):
+        held = [fetch(app, owner=f"w{round}", slot=0), fetch(app, owner=f"w{round}", slot=1)]
+        assert {j.id for j in held if j} == {culprit, neighbour}
+        app.broker.recover(f"w{round}", known_dead=True)
+    for job_id in (culprit, neighbour):
+        info = app.job(job_id)
+        assert (info.state, info.redeliveries, info.options.get("solo")) == ("queued", 3, True)
+    assert app.job(culprit).options["max_retries"] == 0  # other options kept
+    alone = fetch(app, owner="w9")
+    assert alone is not None and alone.id == culprit and alone.options()["solo"] is True
+    app.broker.recover("w9", known_dead=True)  # killed its child while alone
+    assert app.job(culprit).state == "dead"
+
 def test_returning_unharmed_jobs_does_not_count(app: App) -> None:
     job_id = app.enqueue("send_email")
     for n in range(5):

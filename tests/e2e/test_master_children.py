@@ -106,6 +106,39 @@ def test_runaway_memory_is_killed_and_ends_dead(masters: MasterFactory, app: App
     master.wait_children({"default": 1, "scheduler": 1})
 
 
+def test_a_job_that_exits_its_child_with_code_0_ends_dead(
+        masters: MasterFactory, app: App) -> None:
+    master = masters(toml("[pools.default]\nconcurrency = 1\n"))
+    job_id = app.enqueue("exit_quietly")
+    wait_until(lambda: app.job(job_id).state == "dead", timeout=20)
+    info = app.job(job_id)
+    assert "worker lost" in info.error and info.redeliveries == 3 and info.attempts == 3
+    assert master.read_log().count("spawned default[0]") <= 6  # not hundreds
+    master.wait_children({"default": 1, "scheduler": 1})
+
+
+def test_a_poison_job_does_not_take_its_innocent_neighbours_with_it(
+        masters: MasterFactory, app: App) -> None:
+    """A job that kills its child every time, beside jobs that are only unlucky: only
+    the poison job ends dead; each neighbour ends succeeded."""
+    masters(toml("[pools.default]\nconcurrency = 3\nthreads = 3\n"))
+    neighbours = [app.enqueue("sleep", args=[1.0]) for _ in range(2)]
+    wait_until(lambda: all(app.job(i).state == "running" for i in neighbours))
+    poison = app.enqueue("crash_worker")
+    wait_until(lambda: app.job(poison).state == "dead", timeout=40)
+    wait_until(lambda: all(app.job(i).state == "succeeded" for i in neighbours), timeout=40)
+
+
+def test_a_long_job_id_past_its_hard_timeout_fails_by_policy(
+        masters: MasterFactory, app: App) -> None:
+    masters(toml('[pools.default]\nconcurrency = 1\njob_timeout = "1s"\n'))
+    long_id = "nightly-report:" + "é" * 60 + ":" + "x" * 120  # 200 characters, 260 bytes
+    job_id = app.enqueue("busy_loop", args=[60], max_retries=1, job_id=long_id)
+    wait_until(lambda: app.job(job_id).state == "dead", timeout=30)
+    info = app.job(job_id)
+    assert info.attempts == 2 and "TimeoutError" in (info.error or "")
+
+
 def test_job_past_its_hard_timeout_fails_by_policy(
         masters: MasterFactory, app: App, rclient: redis.Redis, namespace: str) -> None:
     master = masters(toml('[pools.default]\nconcurrency = 2\nthreads = 2\njob_timeout = "1s"\n'))

@@ -118,8 +118,12 @@ def test_scoreboard_slots_and_counters() -> None:
     (view,) = board.busy_slots()
     assert (view.slot, view.job_id, view.job_type, view.attempt, view.timeout) == (
         1, "abc", "send_email", 2, 30.0)
-    board.job_started(2, "x" * 200, "t" * 200, 1, None)  # truncated, not overflowing
+    long_id = "é" * 200  # the longest id a caller may give: whole, never truncated
+    board.job_started(2, long_id, "t" * 200, 1, None)
     assert len(board.busy_slots()) == 2 and board.busy_slots()[1].timeout is None
+    assert board.busy_slots()[1].job_id == long_id
+    with pytest.raises(ValueError):
+        board.job_started(0, "x" * 2000, "t", 1, None)
     board.job_ended(1, succeeded=True)
     board.job_ended(2, succeeded=False)
     assert board.busy_slots() == [] and (board.jobs_done, board.jobs_failed) == (1, 1)

@@ -1,6 +1,10 @@
 -- recover: give back every job an owner holds, at the front of its ready list,
--- when the owner is gone. A job that has lost its worker max_redeliveries
--- times is a poison pill: it goes to the dead-letter set instead.
+-- when the owner is gone. A job that has lost its child max_redeliveries
+-- times is a poison pill: it goes to the dead-letter set instead, but only when
+-- it was the owner's only running job. One that shared its child with other
+-- running jobs may be an innocent neighbour of the real culprit: it gets one
+-- run alone first (its options say "solo"; the consumer runs it with no other
+-- job beside it), so that only a job that kills its child on its own ends dead.
 --
 -- KEYS[1]  owned:<owner>   hash slot -> running job id
 -- KEYS[2]  owner:<owner>   liveness key; while it exists the owner is alive
@@ -35,6 +39,14 @@ for _, id in ipairs(redis.call('HVALS', owned)) do
 end
 table.sort(jobs, function(a, b) return tonumber(a.seq) > tonumber(b.seq) end)
 
+-- The next run of this job happens with no other job in its child.
+local function run_alone(job)
+    local options = redis.call('HGET', job, 'options')
+    local decoded = (options and options ~= '') and cjson.decode(options) or {}
+    decoded['solo'] = true
+    redis.call('HSET', job, 'options', cjson.encode(decoded))
+end
+
 local requeued, buried = 0, 0
 for _, j in ipairs(jobs) do
     local job = key('job', j.id)
@@ -43,10 +55,13 @@ for _, j in ipairs(jobs) do
         lost = redis.call('HINCRBY', job, 'redeliveries', 1)
     end
     redis.call('HDEL', job, 'owner')
-    if lost >= max_redeliveries then
+    if lost >= max_redeliveries and #jobs == 1 then
         bury(j.id, ARGV[7] .. ' (' .. lost .. ' times)', '', now, now_s, ARGV[6])
         buried = buried + 1
     else
+        if lost >= max_redeliveries then
+            run_alone(job)
+        end
         redis.call('HSET', job, 'state', 'queued')
         push_ready(j.id, j.prio, j.name, j.seq, true)
         wake(j.prio, j.name, 1)
