@@ -27,7 +27,7 @@ P = ParamSpec("P")
 R = TypeVar("R")
 
 _NAME = re.compile(r"^[A-Za-z0-9_.:/@-]{1,200}$")
-_JOB_ID = re.compile(r"^[^\s,{}]{1,200}$")
+_JOB_ID_FORBIDDEN = frozenset(" ,{}")
 
 
 class Task(Generic[P, R]):
@@ -91,7 +91,8 @@ class App:
 
     def __init__(self, redis_url: str | None = None, namespace: str | None = None, *,
                  result_ttl: float = 3600, dead_ttl: float = 7 * 86400,
-                 owner_ttl: float = 30.0, max_redeliveries: int = 3) -> None:
+                 owner_ttl: float = 30.0, max_redeliveries: int = 3,
+                 max_payload_bytes: int = 512 * 1024) -> None:
         self._redis_url = redis_url
         if redis_url not in (None, EMBEDDED) and (problem := url_problem(redis_url)):
             raise ValueError(f"redis_url: {problem}")
@@ -102,6 +103,7 @@ class App:
         self.dead_ttl = dead_ttl
         self.owner_ttl = owner_ttl
         self.max_redeliveries = max_redeliveries
+        self.max_payload_bytes = max_payload_bytes
         self.tasks: dict[str, Task[Any, Any]] = {}
         self.periodic_entries: list[PeriodicConfig] = []
 
@@ -268,12 +270,19 @@ class App:
             options["max_retries"] = _check_retries(max_retries)
         if timeout is not None:
             options["timeout"] = _check_timeout(timeout)
+        args_json = jobs.dumps(list(args), "args") if args else "[]"
+        kwargs_json = jobs.dumps(kwargs, "kwargs") if kwargs else "{}"
+        size = len(args_json.encode()) + len(kwargs_json.encode())
+        if size > self.max_payload_bytes:
+            raise ValueError(f"the arguments are {size} bytes of JSON, over max_payload_bytes "
+                             f"({self.max_payload_bytes}): pass a reference (a key, a path) "
+                             "rather than the data")
         return NewJob(
             id=_check_job_id(job_id) if job_id is not None else os.urandom(16).hex(),
             name=name,
             priority=_check_priority(priority),
-            args_json=jobs.dumps(list(args), "args") if args else "[]",
-            kwargs_json=jobs.dumps(kwargs, "kwargs") if kwargs else "{}",
+            args_json=args_json,
+            kwargs_json=kwargs_json,
             options_json=jobs.dumps(options, "options") if options else "",
             when=_when(delay, at),
         )
@@ -313,16 +322,20 @@ def _check_retries(value: object) -> int:
 def _check_timeout(value: object) -> float | None:
     if value is None:
         return None
-    seconds = parse_duration(value)
+    try:
+        seconds = parse_duration(value)
+    except ValueError as exc:
+        raise ValueError(f"bad timeout: {exc}") from None
     if seconds <= 0:
         raise ValueError(f"timeout must be positive, not {value!r}")
     return seconds
 
 
 def _check_job_id(job_id: object) -> str:
-    if not isinstance(job_id, str) or not _JOB_ID.match(job_id):
-        raise ValueError(
-            f"invalid job_id {job_id!r}: 1-200 characters, no spaces, commas or braces")
+    if not isinstance(job_id, str) or not 1 <= len(job_id) <= 200 or \
+            not job_id.isprintable() or _JOB_ID_FORBIDDEN & set(job_id):
+        raise ValueError(f"invalid job_id {job_id!r}: 1 to 200 printable characters, no "
+                         "spaces, commas, braces or control characters")
     return job_id
 
 

@@ -22,6 +22,7 @@ from .scripts import Scripts
 log = logging.getLogger(__name__)
 
 SUCCEEDED, RETRY, DEAD = "succeeded", "retry", "dead"
+ENQUEUE_CHUNK = 1000  # jobs per enqueue call: ~10 ms of Redis time at most
 LOST_OWNERSHIP = -1
 
 
@@ -119,14 +120,22 @@ class Broker:
     # -- producing ---------------------------------------------------------
 
     def enqueue(self, jobs: Sequence[NewJob]) -> list[bool]:
-        """Record and queue the jobs atomically; False where the id already existed."""
-        if not jobs:
-            return []
-        argv: list[str] = [self.prefix]
-        for job in jobs:
-            argv.extend(job.as_argv())
-        flags = self.scripts.enqueue(keys=[self.keys.seq, self.keys.queues], args=argv)
-        return [bool(flag) for flag in flags]
+        """Record and queue the jobs in order; False where the id already existed.
+
+        Up to ENQUEUE_CHUNK jobs are one atomic script call; a bigger batch is several
+        calls sent in one round trip (each chunk all or nothing), so that no call runs
+        long enough to stall Redis for every other client.
+        """
+        keys = [self.keys.seq, self.keys.queues]
+        chunks = [jobs[start:start + ENQUEUE_CHUNK]
+                  for start in range(0, len(jobs), ENQUEUE_CHUNK)]
+        if len(chunks) == 1:
+            return [bool(f) for f in self.scripts.enqueue(keys=keys, args=_argv(self, jobs))]
+        with self.client.pipeline(transaction=False) as pipe:
+            for chunk in chunks:
+                self.scripts.enqueue(keys=keys, args=_argv(self, chunk), client=pipe)
+            replies = pipe.execute()
+        return [bool(flag) for flags in replies for flag in flags]
 
     # -- consuming ---------------------------------------------------------
 
@@ -348,6 +357,13 @@ class Broker:
 
     def load_scripts(self) -> None:
         self.scripts.load_all(self.client)
+
+
+def _argv(broker: Broker, jobs: Sequence[NewJob]) -> list[str]:
+    argv = [broker.prefix]
+    for job in jobs:
+        argv.extend(job.as_argv())
+    return argv
 
 
 NO_SETTLEMENT: tuple[Any, ...] = ("", "", 0, "", "", 0, 0)

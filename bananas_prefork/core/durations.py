@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import re
 from datetime import timedelta
 
@@ -27,8 +28,9 @@ def parse_duration(value: object) -> float:
         seconds = float(match.group(1)) * _UNITS[match.group(2) or "s"]
     else:
         raise ValueError(f"{value!r} is not a duration")
-    if seconds < 0 or seconds != seconds:  # negative or NaN
-        raise ValueError(f"{value!r} is not a duration: it must not be negative")
+    if not math.isfinite(seconds) or seconds < 0:
+        raise ValueError(f"{value!r} is not a duration: it must be a finite number of seconds, "
+                         "not negative")
     return seconds
 
 

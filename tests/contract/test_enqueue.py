@@ -8,6 +8,7 @@ import pytest
 import redis
 
 from bananas_prefork import App
+from bananas_prefork.core.broker import ENQUEUE_CHUNK
 from bananas_prefork.core.keys import Keys
 from tests.conftest import snapshot
 
@@ -109,6 +110,14 @@ def test_enqueue_many_is_all_or_nothing(app: App, rclient: redis.Redis) -> None:
     (lambda a: a.enqueue("send_email", delay=1, at=datetime.now(UTC)), "not both"),
     (lambda a: a.enqueue("bad name!"), "invalid task name"),
     (lambda a: a.enqueue("send_email", job_id="has space"), "invalid job_id"),
+    (lambda a: a.enqueue("send_email", job_id="esc\x1b[31mred"), "invalid job_id"),
+    (lambda a: a.enqueue("send_email", job_id="nul\x00"), "invalid job_id"),
+    (lambda a: a.enqueue("send_email", job_id="line\u2028break"), "invalid job_id"),
+    (lambda a: a.enqueue("send_email", delay=float("inf")), "bad delay"),
+    (lambda a: a.enqueue("send_email", delay=float("nan")), "bad delay"),
+    (lambda a: a.enqueue("send_email", delay="1e400"), "bad delay"),
+    (lambda a: a.enqueue("send_email", timeout=float("inf")), "timeout"),
+    (lambda a: a.enqueue("send_email", args=["x" * 600_000]), "max_payload_bytes"),
     (lambda a: a.enqueue("send_email", max_retries=-1), "max_retries"),
     (lambda a: a.enqueue("send_email", timeout=0), "timeout"),
 ])
@@ -167,3 +176,24 @@ def test_json_round_trip_of_arguments(app: App) -> None:
     job_id = app.enqueue("fetch_data", args=[payload], kwargs={"k": payload})
     info = app.job(job_id)
     assert info.args == [payload] and info.kwargs == {"k": payload}
+
+
+def test_a_huge_batch_goes_in_bounded_chunks_each_atomic(app: App, rclient: redis.Redis) -> None:
+    """No single script call runs long enough to stall Redis for everyone else."""
+    rclient.config_resetstat()
+    ids = app.enqueue_many([("send_email", [n]) for n in range(25_000)])
+    assert len(ids) == len(set(ids)) == 25_000
+    assert app.queue_depths()["normal"]["send_email"] == 25_000
+    stats = rclient.info("commandstats")
+    calls = stats["cmdstat_evalsha"]["calls"] + stats.get("cmdstat_eval", {}).get("calls", 0)
+    assert calls >= 25_000 // ENQUEUE_CHUNK
+    slowest = max(entry["duration"] for entry in rclient.slowlog_get(128)) \
+        if rclient.slowlog_len() else 0
+    assert slowest < 1_000_000  # microseconds: far from Redis' 5 s busy threshold
+
+
+def test_payload_cap_is_a_setting(redis_url: str, namespace: str) -> None:
+    small = App(redis_url, namespace=namespace, max_payload_bytes=100)
+    with pytest.raises(ValueError, match="max_payload_bytes"):
+        small.enqueue("send_email", args=["x" * 200])
+    assert small.job(small.enqueue("send_email", args=["x" * 50])) is not None

@@ -125,7 +125,7 @@ def test_unknown_keys_suggest_the_closest_valid_one(tmp_path: Path, text: str, k
      "unknown priority 'urgent'"),
     ('app = "x:app"\n[pools.a]\njob_timeout = "soon"\n', "pools.a.job_timeout",
      "not a duration"),
-    ('app = "x:app"\nshutdown_timeout = -1\n', "shutdown_timeout", "must not be negative"),
+    ('app = "x:app"\nshutdown_timeout = -1\n', "shutdown_timeout", "not negative"),
     ('app = "x:app"\n[scheduler]\nenabled = "maybe"\n', "scheduler.enabled", "true or false"),
     ('app = "x:app"\n[pools.a]\nmode = "job-specialized"\n', "pools.a.job_types",
      "needs the job types"),
