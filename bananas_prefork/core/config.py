@@ -102,6 +102,14 @@ class PoolConfig:
     def runs_jobs(self) -> bool:
         return self.processes > 0
 
+    def threads_of(self, index: int) -> int:
+        """Threads of the pool's child number ``index``: the last of the declared children
+        runs the remainder, so that the pool never runs more than ``concurrency`` jobs
+        (``concurrency = 3, threads = 2``: children of 2 and 1). Children added by TTIN
+        run ``threads`` each."""
+        remainder = self.concurrency % self.threads
+        return remainder if remainder and index == self.processes - 1 else self.threads
+
 
 @dataclass(frozen=True)
 class SchedulerConfig:
@@ -479,7 +487,8 @@ def load_environment(environ: Mapping[str, str] | None = None,
         for field in declared(cls):
             for name in _env_names(field):
                 if values.get(name):  # an empty variable counts as unset
-                    raw[field.name] = values[name]
+                    is_list = str(field.metadata.get("kind", "")).startswith("list")
+                    raw[field.name] = s.split_list(values[name]) if is_list else values[name]
                     used[field.name] = name
                     break
         return raw

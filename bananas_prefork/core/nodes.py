@@ -49,7 +49,8 @@ class PoolStatus(TypedDict):
     mode: str
     priorities: list[str]
     job_types: list[str]
-    concurrency: int
+    concurrency: int  # as declared: the most jobs the pool runs at once
+    slots: int  # as running now (TTIN/TTOU change it)
     threads: int
     processes_wanted: int
     generation: int

@@ -148,18 +148,21 @@ def one_of(*choices: str) -> Parser:
     return parse
 
 
-def _items(value: Any) -> list[Any]:
-    """A TOML array, or a comma-separated environment string."""
-    if isinstance(value, str):
-        return [part.strip() for part in value.split(",") if part.strip()]
+def _items(value: Any, example: str) -> list[Any]:
+    """A TOML array (the environment's comma-separated strings are split before this)."""
     if isinstance(value, list | tuple):
         return list(value)
-    raise ValueError(f"must be a list, got {_describe(value)}")
+    raise ValueError(f"must be a list, e.g. {example}; got {_describe(value)}")
+
+
+def split_list(text: str) -> list[str]:
+    """An environment variable's comma-separated list."""
+    return [part.strip() for part in text.split(",") if part.strip()]
 
 
 @_kind("list of priorities")
 def priorities(value: Any) -> tuple[str, ...]:
-    items = _items(value)
+    items = _items(value, '["high", "normal"]')
     if not items:
         raise ValueError(f"must name at least one priority of {', '.join(PRIORITIES)}")
     for item in items:
@@ -172,7 +175,7 @@ def priorities(value: Any) -> tuple[str, ...]:
 
 @_kind("list of job types")
 def job_types(value: Any) -> tuple[str, ...]:
-    items = _items(value)
+    items = _items(value, '["send_email"]')
     if not items:
         raise ValueError('must name at least one job type, or "*" for every type')
     for item in items:

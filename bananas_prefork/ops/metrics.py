@@ -83,7 +83,7 @@ class BananasCollector(Collector):
                 duration.add_metric([name, job_type], buckets, stats["seconds"])
             utilization.add_metric([name], pool["utilization"])
             busy.add_metric([name], pool["busy"])
-            slots.add_metric([name], pool["concurrency"])
+            slots.add_metric([name], pool["slots"])
             for state in ("starting", "idle", "busy", "stopping"):
                 children.add_metric([name, state], sum(
                     1 for p in pool["processes"] if p["state"] == state))

@@ -63,7 +63,7 @@ def pools_table(status: ClusterStatus) -> Table:
     for node in status["nodes"]:
         for pool in node.get("pools", []):
             live = sum(1 for p in pool["processes"] if p["state"] in ("idle", "busy"))
-            busy = f"{pool['busy']}/{pool['concurrency']} {pool['utilization']:.0%}"
+            busy = f"{pool['busy']}/{pool['slots']} {pool['utilization']:.0%}"
             serves = _serves(pool)
             if pool["mode"] == "scheduler-only":
                 serves, busy = "(the scheduler)", ""

@@ -164,10 +164,11 @@ class _Child:
     def _consume(self, app: App) -> int:
         pool, owner = self.spec.pool, self.spec.owner
         assert pool is not None and owner is not None
-        hooks = _ScoreboardHooks(self.spec.scoreboard, self.title, pool.threads, self.stats,
+        threads = self.spec.scoreboard.threads  # this child's share of the concurrency
+        hooks = _ScoreboardHooks(self.spec.scoreboard, self.title, threads, self.stats,
                                  self.refused)
         consumer = Consumer(app, priorities=pool.priorities, job_types=pool.job_types,
-                            threads=pool.threads, pool=pool.name, owner=str(owner),
+                            threads=threads, pool=pool.name, owner=str(owner),
                             heartbeat=False, max_jobs=self.spec.max_jobs,
                             job_timeout=pool.job_timeout, hooks=hooks)
         scheduler = self._scheduler(app) if self.spec.run_scheduler else None

@@ -190,7 +190,10 @@ class Group:
     def slots(self) -> tuple[int, int]:
         """(busy, wanted) job slots."""
         busy = sum(len(c.last_busy) for c in self.active())
-        return busy, self.desired * self.threads
+        return busy, sum(self.threads_of(index) for index in range(self.desired))
+
+    def threads_of(self, index: int) -> int:
+        return self.threads
 
     def observe(self, now: float, busy_threshold: float) -> None:
         """Sample once per publish: rates and the 'since when' of alert conditions."""
@@ -233,7 +236,8 @@ class Group:
             "mode": config.mode,
             "priorities": list(config.priorities) if runs_jobs else [],
             "job_types": list(config.job_types) if runs_jobs else [],
-            "concurrency": wanted,
+            "concurrency": config.concurrency if runs_jobs else 0,
+            "slots": wanted,
             "threads": self.threads if runs_jobs else 0,
             "processes_wanted": self.desired,
             "generation": self.generation,
@@ -264,6 +268,9 @@ class Pool(Group):
         super().__init__(config.name, generation, config.processes, config.threads,
                          max_backoff)
         self.config = config
+
+    def threads_of(self, index: int) -> int:
+        return self.config.threads_of(index)
 
     def jobs_limit(self) -> int | None:
         """max_jobs_per_child with up to 10% jitter, so children recycle at different times."""

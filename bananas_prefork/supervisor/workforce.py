@@ -138,7 +138,8 @@ class Workforce:
         index = group.free_index()
         pool = group if isinstance(group, Pool) else None
         runs_scheduler = pool is None or thin_runs_scheduler(self.deployment)
-        scoreboard = Scoreboard(group.threads, loops=1 if runs_scheduler else 0)
+        threads = pool.config.threads_of(index) if pool is not None else 0
+        scoreboard = Scoreboard(threads, loops=1 if runs_scheduler else 0)
         read_fd, write_fd = os.pipe()
         owner = OwnerId.new(self.master_pid, 0) if pool is not None else None
         spec = ChildSpec(

@@ -157,6 +157,10 @@ def test_unknown_keys_suggest_the_closest_valid_one(tmp_path: Path, text: str, k
     ('app = "x:app"\nredis_url = ""\n', "redis_url", "non-empty"),
     ('app = "x:app"\n[scheduler]\nenabled = false\n[pools.s]\nmode = "scheduler-only"\n',
      "scheduler.enabled", "nothing to run"),
+    ('app = "x:app"\n[pools.a]\npriorities = "high"\n', "pools.a.priorities",
+     'must be a list, e.g. ["high", "normal"]'),
+    ('app = "x:app"\n[pools.a]\nmode = "job-specialized"\njob_types = "a,b"\n',
+     "pools.a.job_types", "must be a list"),
 ])
 def test_bad_values_say_what_is_allowed(tmp_path: Path, text: str, key: str,
                                         fragment: str) -> None:
@@ -164,6 +168,19 @@ def test_bad_values_say_what_is_allowed(tmp_path: Path, text: str, key: str,
     assert err.key == key and fragment in err.message, str(err)
     if err.line is not None:
         assert str(err).startswith(f"{tmp_path / 'pools.toml'}:{err.line}: {key}: ")
+
+
+def test_the_environment_keeps_its_comma_lists(tmp_path: Path) -> None:
+    d = load_environment({"BANANAS_APP": "x:app", "WORKER_MODE": "job-specialized",
+                          "WORKER_PRIORITIES": "high, low", "WORKER_JOB_TYPES": "a,b"},
+                         dotenv=None)
+    assert d.pools[0].priorities == ("high", "low") and d.pools[0].job_types == ("a", "b")
+
+
+def test_concurrency_caps_the_jobs_run_at_once(tmp_path: Path) -> None:
+    d = load_file(write(tmp_path, 'app = "x:app"\n[pools.a]\nconcurrency = 3\nthreads = 2\n'))
+    (pool,) = d.pools
+    assert pool.processes == 2 and [pool.threads_of(i) for i in range(3)] == [2, 1, 2]
 
 
 def test_unreadable_file(tmp_path: Path) -> None:

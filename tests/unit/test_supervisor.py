@@ -51,6 +51,19 @@ def test_manage_forks_every_wanted_child_and_the_scheduler(fake_os: FakeOS) -> N
     assert fake_os.forks == 6  # nothing more once every group is full
 
 
+def test_the_last_child_of_a_pool_runs_the_remainder_of_its_concurrency(
+        fake_os: FakeOS) -> None:
+    force = new_workforce(deployment({"pools": {"p": {"concurrency": 3, "threads": 2}}},
+                                     scheduler={"enabled": False}))
+    force.manage()
+    assert sorted(c.scoreboard.threads for c in force.children()) == [1, 2]
+    (status,), _ = force.figures(fake_os.clock.wall, 0.9)
+    assert (status["concurrency"], status["threads"], status["processes_wanted"]) == (3, 2, 2)
+    force.scale(+1)  # TTIN adds a child of `threads` threads
+    force.manage()
+    assert sorted(c.scoreboard.threads for c in force.children()) == [1, 2, 2]
+
+
 def test_a_pool_named_scheduler_is_not_the_scheduler(fake_os: FakeOS) -> None:
     force = new_workforce(deployment({"pools": {"scheduler": {"concurrency": 2}}}))
     force.manage()
