@@ -8,6 +8,8 @@ import sys
 import time
 from typing import Any
 
+from .text import literal, one_line
+
 _STANDARD = set(logging.LogRecord("", 0, "", 0, "", (), None).__dict__) | {"message", "asctime"}
 
 
@@ -22,8 +24,18 @@ class ProcessFilter(logging.Filter):
 
 
 class TextFormatter(logging.Formatter):
+    """One line per event: a message that carries a job's text (an error) cannot add a
+    line of its own or send escapes to the terminal."""
+
     def __init__(self) -> None:
         super().__init__("%(asctime)s %(levelname)-7s [%(role)s %(process)d] %(message)s")
+
+    def formatMessage(self, record: logging.LogRecord) -> str:
+        record.message = one_line(record.message)
+        return super().formatMessage(record)
+
+    def formatException(self, ei: Any) -> str:
+        return literal(super().formatException(ei))
 
     def formatTime(self, record: logging.LogRecord, datefmt: str | None = None) -> str:
         return time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(record.created)) + \

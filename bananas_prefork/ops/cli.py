@@ -22,6 +22,7 @@ from ..core import config as config_module
 from ..core import logs
 from ..core.config import ConfigError, Deployment
 from ..core.connection import redact
+from ..core.text import literal, one_line
 from ..supervisor import loader
 
 cli = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
@@ -332,7 +333,7 @@ def job(
     broker = _broker_or_fail(_client_app(redis_url, namespace, config))
     info = broker.job_info(job_id)
     if info is None:
-        fail(f"no job {job_id!r} (unknown, or its record expired)", EXIT_FAILURE)
+        fail(f"no job {one_line(repr(job_id))} (unknown, or its record expired)", EXIT_FAILURE)
     data = info.as_dict(with_args=show_args)
     if as_json:
         typer.echo(json.dumps(data, indent=2, sort_keys=True))
@@ -342,10 +343,10 @@ def job(
             continue
         if key.endswith("_at"):
             value = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(value)) + " UTC"
-        shown = json.dumps(value) if key in ("result", "args", "kwargs") else value
-        typer.echo(f"{key:>13}: {shown}")
+        shown = json.dumps(value) if key in ("result", "args", "kwargs") else str(value)
+        typer.echo(f"{key:>13}: {one_line(shown)}")
     if data["traceback"]:
-        typer.echo(data["traceback"].rstrip())
+        typer.echo(literal(data["traceback"].rstrip()))
 
 
 dead_cli = typer.Typer(no_args_is_help=True, help="Dead letters: jobs with no retry left.")
@@ -369,12 +370,14 @@ def dead_list(
         return
     from rich.console import Console
     from rich.table import Table
+    from rich.text import Text
 
     table = Table("id", "type", "priority", "died (UTC)", "attempts", "error")
     for info in jobs:
         died = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(info.finished_at or 0))
-        table.add_row(info.id, info.name, info.priority, died, str(info.attempts),
-                      (info.error or "").splitlines()[0] if info.error else "")
+        error = (info.error or "").splitlines()[0] if info.error else ""
+        table.add_row(*(Text(one_line(cell)) for cell in (
+            info.id, info.name, info.priority, died, str(info.attempts), error)))
     Console().print(table)
     typer.echo(f"{len(jobs)} dead job(s) shown; {broker.counts()['dead']} in all")
 

@@ -11,9 +11,16 @@ from rich.table import Table
 from rich.text import Text
 
 from ..core.nodes import NodeStatus, PoolStatus
+from ..core.text import one_line
 from .status import ClusterStatus
 
 AUTO_PROCESS_LIMIT = 30  # show every child when there are no more than this
+
+
+def _plain(value: object) -> Text:
+    """A cell as literal text: no markup, no control characters (names and errors may
+    come from jobs or from the application's own exceptions)."""
+    return Text(one_line(str(value)))
 
 
 def _age(seconds: float | None) -> str:
@@ -70,11 +77,11 @@ def pools_table(status: ClusterStatus) -> Table:
             state = Text(pool["state"], style={"failing": "bold red", "stopping": "yellow",
                                                "starting": "yellow"}.get(pool["state"], "green"))
             if pool.get("last_error") and pool["state"] == "failing":
-                state.append(f" {pool['last_error']}", style="red")
-            table.add_row(_node_label(node), pool["name"], pool["mode"], serves,
-                          f"{live}/{pool['processes_wanted']}", busy,
-                          f"{pool['processed_per_min']:.0f}", f"{pool['failed_per_min']:.0f}",
-                          str(pool["restarts"]), state)
+                state.append(f" {one_line(pool['last_error'] or '')}", style="red")
+            table.add_row(_node_label(node), *map(_plain, (
+                pool["name"], pool["mode"], serves, f"{live}/{pool['processes_wanted']}", busy,
+                f"{pool['processed_per_min']:.0f}", f"{pool['failed_per_min']:.0f}",
+                pool["restarts"])), state)
         if not node.get("pools"):
             table.add_row(_node_label(node), "-", "scheduler-only", "", "", "", "", "", "",
                           "lost" if node.get("state") == "lost" else "running")
@@ -90,13 +97,12 @@ def processes_table(status: ClusterStatus) -> Table:
     for node in status["nodes"]:
         for pool in node.get("pools", []):
             for child in pool["processes"]:
-                table.add_row(
+                table.add_row(*map(_plain, (
                     f"{node['host']}:{node['pid']}", f"{pool['name']}[{child['index']}]",
-                    str(child["pid"]), child["state"], child["current_job"] or "-",
-                    _age(child["current_job_age"]), str(child["jobs_done"]),
-                    str(child["jobs_failed"]),
+                    child["pid"], child["state"], child["current_job"] or "-",
+                    _age(child["current_job_age"]), child["jobs_done"], child["jobs_failed"],
                     f"{child['rss_mb']:.0f}" if child["rss_mb"] is not None else "-",
-                    f"{child['cpu_percent']:.0f}" if child["cpu_percent"] is not None else "-")
+                    f"{child['cpu_percent']:.0f}" if child["cpu_percent"] is not None else "-")))
     return table
 
 
@@ -107,11 +113,11 @@ def queues_table(status: ClusterStatus) -> Table:
     for priority, types in status["queues"].items():
         for job_type, depth in sorted(types.items()):
             pools = status["served_by"].get(priority, {}).get(job_type, [])
-            served = Text(", ".join(sorted({p.split("/", 1)[1] for p in pools})) or "")
+            served = _plain(", ".join(sorted({p.split("/", 1)[1] for p in pools})))
             if not pools:
                 served = Text("UNSERVED: no live pool takes these", style="bold red")
             age = status["oldest"].get(priority, {}).get(job_type)
-            table.add_row(priority, job_type, str(depth), _age(age), served)
+            table.add_row(*map(_plain, (priority, job_type, depth, _age(age))), served)
     return table
 
 
@@ -121,8 +127,8 @@ def alerts_block(status: ClusterStatus) -> RenderableType:
     text = Text()
     for alert in status["alerts"]:
         style = "bold red" if alert["severity"] == "critical" else "yellow"
-        text.append(f"{alert['severity'].upper()} {alert['name']}: {alert['message']}\n",
-                    style=style)
+        text.append(f"{alert['severity'].upper()} {alert['name']}: "
+                    f"{one_line(alert['message'])}\n", style=style)
     return text
 
 

@@ -241,6 +241,43 @@ def test_dead_letter_commands(app: App, tmp_path: Path, redis_url: str, namespac
     assert "requeued 0" in all_retry.stdout
 
 
+HOSTILE = "[/var/data] [bold]not bold[/bold] \x1b[2J\x1b]0;title\x07 line1\nFORGED log line"
+
+
+def test_job_supplied_text_is_shown_literally_everywhere(
+        app: App, tmp_path: Path, redis_url: str, namespace: str, consumers: list,
+        caplog: pytest.LogCaptureFixture) -> None:
+    """Errors, tracebacks and ids are data: no markup, no terminal escapes, no forged
+    log lines, in every command that shows them."""
+    from bananas_prefork.core.consumer import Consumer
+
+    @app.task(name="hostile", max_retries=0)
+    def hostile() -> None:
+        raise RuntimeError(HOSTILE)
+
+    job_id = app.enqueue("hostile", job_id="id-[red]x[/red]")
+    consumer = Consumer(app)
+    consumer.start()
+    consumers.append(consumer)
+    wait_until(lambda: app.job(job_id).state == "dead")
+    target = ("--redis", redis_url, "--namespace", namespace)
+    for args in (("dead", "list"), ("job", job_id), ("dead", "list", "--json"),
+                 ("job", job_id, "--json")):
+        shown = cli(*args, *target, cwd=tmp_path)
+        assert shown.returncode == 0 and "Traceback (most recent" not in shown.stderr, shown
+        out = shown.stdout
+        assert "\x1b" not in out and "\x07" not in out, (args, out)
+        if "--json" not in args:
+            assert "[/var/data]" in out and "[bold]not bold[/bold]" in out, (args, out)
+            assert "id-[red]x[/red]" in out, (args, out)
+    from bananas_prefork.core.logs import ProcessFilter, TextFormatter
+
+    records = [r for r in caplog.records if "hostile" in r.getMessage()]
+    formatted = [TextFormatter().format(r) for r in records if ProcessFilter().filter(r)]
+    assert formatted and all("\n" not in line and "\x1b" not in line for line in formatted)
+    assert "FORGED" in formatted[0]  # still there, on the same line
+
+
 def test_watch_refreshes_until_interrupted(masters: MasterFactory, tmp_path: Path,
                                            redis_url: str, namespace: str) -> None:
     import pty
