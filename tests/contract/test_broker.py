@@ -271,3 +271,22 @@ def test_counts_and_ages(app: App) -> None:
     depths, ages = app.broker.queue_report()
     assert depths == {"high": {}, "normal": {"send_email": 0}, "low": {"fetch_data": 1}}
     assert set(ages) == {"low"} and 0 <= ages["low"]["fetch_data"] < 5
+
+
+def test_dead_retry_and_purge_touch_only_jobs_that_are_dead(app: App, rclient: redis.Redis) -> None:
+    """The dead set can outlive a record; a caller's id may then be reused by a live
+    job. Retrying or purging that id must leave the live job alone."""
+    app.enqueue("send_email", job_id="welcome-7", max_retries=0)
+    job = fetch(app)
+    assert job is not None
+    settle(app, job, mode=DEAD, payload="boom")
+    rclient.delete(Keys(app.namespace).job("welcome-7"))  # its record expired
+    app.enqueue("send_email", job_id="welcome-7")  # the id is used again
+    again = fetch(app)
+    assert again is not None and again.id == "welcome-7" and app.job("welcome-7").state == \
+        "running"
+    assert app.broker.requeue_dead(["welcome-7"]) == 0
+    assert app.broker.remove_dead(["welcome-7"]) == 0
+    assert app.job("welcome-7").state == "running"
+    assert app.broker.dead_ids() == []  # the stale entry is gone
+    assert app.queue_depths()["normal"].get("send_email", 0) == 0

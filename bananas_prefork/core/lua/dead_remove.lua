@@ -5,14 +5,17 @@
 --
 -- ARGV[1]  prefix '{ns}'   ARGV[2..] job ids
 --
--- Returns the number of dead jobs removed.
+-- Returns the number of dead jobs removed. An id in the dead set whose record is
+-- not dead (it expired, or the id was used again by a live job) only leaves the set.
 
 --! include lib/keys.lua
 
 local removed = 0
 for i = 2, #ARGV do
-    if redis.call('ZREM', KEYS[1], ARGV[i]) == 1 then
-        redis.call('DEL', key('job', ARGV[i]))
+    local job = key('job', ARGV[i])
+    if redis.call('ZREM', KEYS[1], ARGV[i]) == 1 and
+            redis.call('HGET', job, 'state') == 'dead' then
+        redis.call('DEL', job)
         removed = removed + 1
     end
 end

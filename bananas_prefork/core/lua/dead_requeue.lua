@@ -8,7 +8,8 @@
 --
 -- ARGV[1]  prefix '{ns}'   ARGV[2..] job ids
 --
--- Returns the number of jobs requeued (ids not in the dead set are skipped).
+-- Returns the number of jobs requeued (ids not in the dead set are skipped; an id
+-- whose record is not dead, expired or used again by a live job, only leaves the set).
 
 --! include lib/keys.lua
 --! include lib/queue.lua
@@ -19,7 +20,7 @@ local woken = {}
 for i = 2, #ARGV do
     local id = ARGV[i]
     local job = key('job', id)
-    if redis.call('ZREM', KEYS[1], id) == 1 and redis.call('EXISTS', job) == 1 then
+    if redis.call('ZREM', KEYS[1], id) == 1 and redis.call('HGET', job, 'state') == 'dead' then
         local f = redis.call('HMGET', job, 'name', 'priority')
         local seq = tostring(redis.call('INCR', KEYS[2]))
         redis.call('PERSIST', job)
