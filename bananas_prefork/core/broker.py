@@ -291,6 +291,16 @@ class Broker:
             depths.setdefault(priority, {})[job_type] = int(length)
         return depths
 
+    def empty_queues(self) -> set[str]:
+        """The ``priority:type`` queues with no job waiting now."""
+        depths = self.queue_depths()
+        return {f"{p}:{t}" for p, types in depths.items() for t, n in types.items() if not n}
+
+    def prune_queues(self, pairs: Iterable[str]) -> int:
+        """Forget the queues among ``pairs`` that are still empty, and their wake-up tokens."""
+        return int(self._in_batches(self.scripts.queues_prune, [self.keys.queues],
+                                    sorted(pairs)))
+
     def queue_report(self) -> tuple[dict[str, dict[str, int]], dict[str, dict[str, float]]]:
         """Depths (as queue_depths) and the age in seconds of each non-empty queue's head."""
         pairs = self._queue_pairs()

@@ -37,6 +37,7 @@ SCRIPT_NAMES = (
     "dead_requeue",
     "dead_remove",
     "periodic_fire",
+    "queues_prune",
 )
 
 
@@ -53,6 +54,7 @@ class Scripts:
         self.dead_requeue = client.register_script(script_source("dead_requeue"))
         self.dead_remove = client.register_script(script_source("dead_remove"))
         self.periodic_fire = client.register_script(script_source("periodic_fire"))
+        self.queues_prune = client.register_script(script_source("queues_prune"))
 
     def load_all(self, client: redis.Redis) -> None:
         """Load every script up front, so the first job does not pay for it."""

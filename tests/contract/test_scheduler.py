@@ -135,3 +135,27 @@ def test_a_tick_is_fired_only_by_the_leader_and_only_once(app: App) -> None:
     again = PeriodicRunner(app.broker, handover_window=30)
     again.fire_due("leader")
     assert leader.fired == 1 and again.fired == 0
+
+
+def test_the_leader_forgets_queues_that_stay_empty(app: App) -> None:
+    """A mistyped or one-off task name must not leave a queue, a status row, a metrics
+    label and a list of stale wake-up tokens behind forever."""
+    keys = app.broker.keys
+    for name in ("typo_task", "kept"):
+        app.enqueue(name)
+    typo = app.broker.step("w", 0, None, True, ["normal"], ["typo_task"])[1]
+    assert typo is not None
+    app.broker.client.rpush(keys.wake("normal", "typo_task"), *["1"] * 5)  # stale tokens
+    scheduler = Scheduler(app.broker, interval=0.05, prune_interval=0.2)
+    thread = threading.Thread(target=scheduler.run, daemon=True)
+    thread.start()
+    try:
+        wait_until(lambda: "typo_task" not in app.queue_depths()["normal"], timeout=5,
+                   message="the empty queue to be forgotten")
+        assert app.queue_depths()["normal"] == {"kept": 1}
+        assert not app.broker.client.exists(keys.wake("normal", "typo_task"))
+    finally:
+        scheduler.stop()
+        thread.join(5)
+    app.enqueue("typo_task")  # used again: back at once
+    assert app.queue_depths()["normal"]["typo_task"] == 1
