@@ -362,6 +362,16 @@ class Broker:
             done += int(script(keys=keys, args=[self.prefix, *ids[start:start + 500]]))
         return done
 
+    def eviction_policy(self) -> str | None:
+        """Redis' maxmemory-policy (None when INFO is not allowed): anything but
+        ``noeviction`` may drop jobs, owner keys and locks under memory pressure."""
+        try:
+            info = cast(dict[str, Any], self.client.info("memory"))
+        except redis.ResponseError:
+            return None
+        policy = info.get("maxmemory_policy")
+        return str(policy) if policy is not None else None
+
     def ping(self) -> bool:
         return bool(self.client.ping())
 

@@ -41,6 +41,10 @@ class PeriodicStatus(TypedDict):
     conflicts: dict[str, list[str]]
 
 
+class RedisStatus(TypedDict):
+    maxmemory_policy: str | None
+
+
 class ClusterStatus(TypedDict):
     """What ``status --json`` prints (the contract's fields and more)."""
 
@@ -55,6 +59,7 @@ class ClusterStatus(TypedDict):
     scheduler: LeaderStatus
     periodic: PeriodicStatus
     served_by: dict[str, dict[str, list[str]]]
+    redis: RedisStatus
     alert_thresholds: dict[str, Any]
     alerts: list[dict[str, str]]
 
@@ -85,6 +90,7 @@ def gather(broker: Broker, alerts: AlertsConfig | None = None) -> ClusterStatus:
         "periodic": {"entries": entry_names(broker),
                      "conflicts": conflicts(broker)},
         "served_by": served_by(depths, nodes),
+        "redis": {"maxmemory_policy": broker.eviction_policy()},
         "alert_thresholds": {},
         "alerts": [],
     }
@@ -165,6 +171,11 @@ def evaluate(status: ClusterStatus, since: dict[str, float],
                                                       "no live pool serves them", "warning"))
     for node in status["nodes"]:
         alerts += _node_alerts(node, now, thresholds)
+    policy = status["redis"]["maxmemory_policy"]
+    if policy not in (None, "noeviction"):
+        alerts.append(Alert("eviction_policy", f"Redis evicts keys under memory pressure "
+                                               f"(maxmemory-policy {policy}): jobs, owner keys "
+                                               "and locks can vanish; set it to noeviction"))
     if status["scheduler"]["leader"] is None and (status["nodes"] or status["scheduled"]):
         alerts.append(Alert("no_scheduler_leader", "no scheduler leads: delayed jobs, retries "
                                                    "and periodic jobs are not being scheduled"))

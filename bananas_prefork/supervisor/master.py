@@ -48,6 +48,7 @@ log = logging.getLogger(__name__)
 TICK = 1.0
 READY_WAIT = 60.0  # tell systemd we are ready after this even if a pool keeps failing
 PUBLISH_INTERVAL = 1.0
+EVICTION_CHECK_INTERVAL = 60.0
 REDIS_RETRY = 1.0  # a failed renewal is tried again this soon
 SIGNAL_NAMES = {signal.SIGHUP: "hup", signal.SIGTERM: "term", signal.SIGINT: "int",
                 signal.SIGQUIT: "quit", signal.SIGUSR2: "usr2", signal.SIGTTIN: "ttin",
@@ -107,6 +108,8 @@ class Master:
         self._orphan_scan = Every(deployment.owner_ttl)
         self._health_check = Every(TICK)
         self._publishing = Every(PUBLISH_INTERVAL)
+        self._eviction_check = Every(EVICTION_CHECK_INTERVAL)
+        self._eviction_policy: str | None = "noeviction"
         self._periodic_pending = False
         self.refusals: dict[str, str] = {}  # what Redis refuses the master itself
         self._renewal_trouble = Trouble("master: job liveness renewal", self._refused)
@@ -157,6 +160,7 @@ class Master:
         if self.state is not State.STARTING and self.embedded is not None:
             self.embedded.tick()
         self._renew_liveness()
+        self._check_eviction()
         self.workforce.recover_pending()
         self._publish()
         self.notifier.watchdog()
@@ -351,6 +355,20 @@ class Master:
             self._renewal_trouble.recovered()
         except redis.RedisError as exc:
             self._renewal.retry_in(min(REDIS_RETRY, self._renewal_trouble.failed(exc)))
+
+    def _check_eviction(self) -> None:
+        """Warn, at start and whenever it changes, when Redis may evict our keys."""
+        if self.state is State.STARTING or not self._eviction_check.due():
+            return
+        try:
+            policy = self.broker.eviction_policy()
+        except redis.RedisError:
+            return  # the renewal and publishing report outages
+        if policy != self._eviction_policy and policy not in (None, "noeviction"):
+            log.error("redis maxmemory-policy is %s: under memory pressure Redis will evict "
+                      "keys, and with them jobs, owner keys and locks; set it to noeviction",
+                      policy)
+        self._eviction_policy = policy
 
     def _refused(self, where: str, error: str | None) -> None:
         if error is None:

@@ -141,6 +141,25 @@ def test_check_exit_codes(masters: MasterFactory, tmp_path: Path, redis_url: str
     assert "Traceback" not in unreachable.stderr
 
 
+def test_an_evicting_redis_is_an_alert(private_redis: object, tmp_path: Path,
+                                       namespace: str) -> None:
+    """With any maxmemory-policy but noeviction, Redis may drop jobs, owner keys and
+    locks under memory pressure: status says so, and --check fails."""
+    url = private_redis.url  # type: ignore[attr-defined]
+    admin = redis.Redis.from_url(url)
+    admin.config_set("maxmemory-policy", "allkeys-lru")
+    result = cli("status", "--check", "--redis", url, "--namespace", namespace, cwd=tmp_path)
+    assert result.returncode == 3, result.stdout + result.stderr
+    assert "eviction" in result.stdout and "allkeys-lru" in result.stdout
+    data = json.loads(cli("status", "--json", "--redis", url, "--namespace", namespace,
+                          cwd=tmp_path).stdout)
+    assert data["redis"]["maxmemory_policy"] == "allkeys-lru"
+    admin.config_set("maxmemory-policy", "noeviction")
+    result = cli("status", "--check", "--redis", url, "--namespace", namespace, cwd=tmp_path)
+    assert result.returncode == 0, result.stdout
+    admin.close()
+
+
 def test_unserved_queue_makes_check_fail(masters: MasterFactory, app: App, tmp_path: Path,
                                          redis_url: str, namespace: str) -> None:
     master = masters(toml(THREE_POOLS))
@@ -312,7 +331,8 @@ def figures(**overrides: Any) -> Any:
     base: dict[str, Any] = {"time": 10_000.0, "nodes": [], "queues": {"high": {}, "normal": {},
                             "low": {}}, "served_by": {}, "scheduled": 0,
                             "scheduler": {"leader": "vm:1", "lease_expires_in": 5.0},
-                            "periodic": {"entries": [], "conflicts": {}}}
+                            "periodic": {"entries": [], "conflicts": {}},
+                            "redis": {"maxmemory_policy": "noeviction"}}
     base.update(overrides)
     return base
 
