@@ -8,6 +8,9 @@ from typing import TypeVar
 
 import redis
 
+from bananas_prefork.core.broker import Broker
+from bananas_prefork.core.identity import NodeId
+from bananas_prefork.core.nodes import NodeStore
 from bananas_prefork.core.periodic import Entry
 
 T = TypeVar("T")
@@ -29,6 +32,14 @@ def wait_until(condition: Callable[[], T], timeout: float = 10.0, interval: floa
 def blocked_in_blpop(client: redis.Redis) -> int:
     """How many clients wait in BLPOP right now (idle consumer slots, say)."""
     return sum(1 for c in client.client_list() if c.get("cmd") == "blpop")
+
+
+def live_node(broker: Broker, host: str, pid: int) -> str:
+    """A master that runs (its status key exists), as periodic registration sees it."""
+    node = NodeId(host, pid, "test")
+    NodeStore(broker.client, broker.keys).publish(
+        node, {"host": host, "pid": pid}, ttl=120)  # type: ignore[typeddict-item]
+    return str(node)
 
 
 def entry(name: str = "e", **kw: object) -> Entry:

@@ -3,7 +3,9 @@
 Each identity is formatted and parsed here only; everything else passes these
 types around (or their text, in Redis keys and status).
 
-- A **node** is a master as status shows it: ``host:pid``.
+- A **node** is a master: ``host:pid:nonce`` in Redis keys, ``host:pid`` where
+  people read it. The nonce is drawn when the master starts, so two machines
+  (or containers) with the same host name and pid are never one node.
 - An **owner** holds running jobs: ``host:master-pid:pid:nonce``. A standalone
   consumer (no master) has master pid 0. The nonce makes a reused pid a new owner.
 - A **leader token** is what the scheduler lock holds: ``host:pid:nonce`` of
@@ -26,19 +28,27 @@ def _nonce() -> str:
 class NodeId:
     host: str
     pid: int
+    nonce: str
 
     def __str__(self) -> str:
+        return f"{self.host}:{self.pid}:{self.nonce}"
+
+    @property
+    def display(self) -> str:
+        """``host:pid``, as status names a master."""
         return f"{self.host}:{self.pid}"
 
     @classmethod
-    def of_master(cls, pid: int | None = None) -> NodeId:
-        """This machine's master with that pid (default: this process)."""
-        return cls(socket.gethostname(), os.getpid() if pid is None else pid)
+    def new(cls) -> NodeId:
+        """The identity of a master starting in this process."""
+        return cls(socket.gethostname(), os.getpid(), _nonce())
 
     @classmethod
     def parse(cls, text: str) -> NodeId | None:
-        host, _, pid = text.rpartition(":")
-        return cls(host, int(pid)) if host and pid.isdigit() else None
+        parts = text.rsplit(":", 2)
+        if len(parts) != 3 or not parts[0] or not parts[1].isdigit() or not parts[2]:
+            return None
+        return cls(parts[0], int(parts[1]), parts[2])
 
 
 @dataclass(frozen=True)
@@ -59,10 +69,6 @@ class OwnerId:
     def for_pid(self, pid: int) -> OwnerId:
         """The same owner for the pid a fork returned (the nonce is chosen before the fork)."""
         return OwnerId(self.host, self.master_pid, pid, self.nonce)
-
-    @property
-    def node(self) -> NodeId:
-        return NodeId(self.host, self.master_pid)
 
     @classmethod
     def parse(cls, text: str) -> OwnerId | None:

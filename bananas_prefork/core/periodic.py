@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any, cast
 from croniter import croniter
 
 from .broker import Broker, LockLost
+from .identity import NodeId
 from .job import dumps
 from .leadership import LeaderLock
 
@@ -95,34 +96,33 @@ def entries_for(declared: Iterable[PeriodicConfig], app: App) -> list[Entry]:
 
 
 def register(broker: Broker, entries: Iterable[Entry], node: str) -> None:
-    """Declare this node's entries; drop the ones it declared before and no longer does."""
+    """Declare this node's entries (its earlier ones it no longer declares leave), and
+    forget the entries only nodes that are gone declared. Atomic, so masters registering
+    at the same time cannot undo each other."""
     keys = broker.keys
-    client = broker.client
     declared = {entry.name: entry for entry in entries}
     registered = {name: Entry.from_json(text)
                   for name, text in broker.fields(keys.periodic).items()}
-    sources = broker.fields(keys.periodic_sources)
     moment = now_ms()
-    with client.pipeline(transaction=False) as pipe:
-        for name, entry in declared.items():
-            pipe.hset(keys.periodic, name, entry.to_json())
-            pipe.hset(keys.periodic_sources, f"{name}|{node}", entry.to_json())
-            old = registered.get(name)
-            if old is None or not old.same_schedule(entry):
-                pipe.zadd(keys.periodic_next, {name: entry.tick_after(moment)},
-                          nx=old is None)
-        for source in sources:
-            name, _, owner = source.rpartition("|")
-            if owner == node and name not in declared:
-                pipe.hdel(keys.periodic_sources, source)
-                others = [s for s in sources if s.rpartition("|")[0] == name and s != source]
-                if not others:
-                    pipe.hdel(keys.periodic, name)
-                    pipe.zrem(keys.periodic_next, name)
-        pipe.execute()
+    argv: list[str | int] = [broker.prefix, node]
+    for name, entry in declared.items():
+        old = registered.get(name)
+        mode = "new" if old is None else "keep" if old.same_schedule(entry) else "reset"
+        argv += [name, entry.to_json(), mode, entry.tick_after(moment)]
+    forgotten = broker.scripts.periodic_register(
+        keys=[keys.periodic, keys.periodic_sources, keys.periodic_next], args=argv)
     LeaderLock(broker).wake_leader()
     if declared:
         log.info("periodic entries registered: %s", ", ".join(sorted(declared)))
+    if forgotten:
+        log.info("%d periodic entr%s no running master declares left the schedule",
+                 forgotten, "y" if forgotten == 1 else "ies")
+
+
+def _shown(node: str) -> str:
+    """A node as people read it (``host:pid``)."""
+    parsed = NodeId.parse(node)
+    return parsed.display if parsed else node
 
 
 def conflicts(broker: Broker) -> dict[str, list[str]]:
@@ -130,7 +130,7 @@ def conflicts(broker: Broker) -> dict[str, list[str]]:
     by_name: dict[str, dict[str, list[str]]] = {}
     for source, text in broker.fields(broker.keys.periodic_sources).items():
         name, _, node = source.rpartition("|")
-        by_name.setdefault(name, {}).setdefault(text, []).append(node)
+        by_name.setdefault(name, {}).setdefault(text, []).append(_shown(node))
     return {name: sorted(n for nodes in versions.values() for n in nodes)
             for name, versions in by_name.items() if len(versions) > 1}
 
@@ -143,7 +143,7 @@ def listing(broker: Broker) -> list[dict[str, Any]]:
     declared_by: dict[str, list[str]] = {}
     for source in broker.fields(keys.periodic_sources):
         name, _, node = source.rpartition("|")
-        declared_by.setdefault(name, []).append(node)
+        declared_by.setdefault(name, []).append(_shown(node))
     clashing = conflicts(broker)
     out: list[dict[str, Any]] = []
     for name in sorted(definitions):
@@ -180,14 +180,6 @@ def entry_names(broker: Broker) -> list[str]:
 def declaring_nodes(broker: Broker) -> set[str]:
     """The nodes that declare some entry."""
     return {source.rpartition("|")[2] for source in broker.fields(broker.keys.periodic_sources)}
-
-
-def forget_node(broker: Broker, node: str) -> None:
-    """Drop the source records of a node that is gone for good (its entries stay)."""
-    sources = broker.fields(broker.keys.periodic_sources)
-    stale = [s for s in sources if s.rpartition("|")[2] == node]
-    if stale:
-        broker.client.hdel(broker.keys.periodic_sources, *stale)
 
 
 # -- firing (the leader) ----------------------------------------------------------------

@@ -56,7 +56,7 @@ class Scheduler:
     ) -> None:
         self.broker = broker
         self.lock = LeaderLock(broker)
-        self.token = str(LeaderToken.new(node or NodeId.of_master()))
+        self.token = str(LeaderToken.new(node or NodeId.new()))
         self.interval = interval
         self.lease = lease
         self.batch = batch
@@ -209,7 +209,7 @@ def _earliest(a: float | None, b: float | None) -> float | None:
     return min(a, b)
 
 
-def build_scheduler(app: App, deployment: Deployment, master_pid: int,
+def build_scheduler(app: App, deployment: Deployment, node: NodeId,
                     heartbeat: Callable[[], None] | None = None,
                     on_redis_refusal: Callable[[str, str | None], None] | None = None,
                     ) -> Scheduler:
@@ -218,6 +218,6 @@ def build_scheduler(app: App, deployment: Deployment, master_pid: int,
 
     lease = deployment.scheduler.lease
     runner = PeriodicRunner(app.broker, handover_window=3 * lease)
-    return Scheduler(app.broker, node=NodeId.of_master(master_pid),
+    return Scheduler(app.broker, node=node,
                      interval=deployment.scheduler.interval, lease=lease, tick=runner.fire_due,
                      heartbeat=heartbeat, on_redis_refusal=on_redis_refusal)

@@ -84,7 +84,7 @@ def gather(broker: Broker, alerts: AlertsConfig | None = None) -> ClusterStatus:
         "dead": counts["dead"],
         "in_flight": counts["in_flight"],
         "scheduler": {
-            "leader": str(leader.node) if leader else None,
+            "leader": leader.node.display if leader else None,
             "lease_expires_in": round(remaining, 3) if remaining is not None else None,
         },
         "periodic": {"entries": entry_names(broker),

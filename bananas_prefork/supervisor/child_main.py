@@ -28,7 +28,7 @@ from ..core.app import App
 from ..core.broker import SUCCEEDED
 from ..core.config import Deployment, PoolConfig
 from ..core.consumer import Consumer, ConsumerHooks
-from ..core.identity import OwnerId
+from ..core.identity import NodeId, OwnerId
 from ..core.job import Job
 from ..core.scheduler import Scheduler, build_scheduler
 from .exits import EXIT_BOOT_ERROR, EXIT_CRASH, EXIT_OK, EXIT_ORPHANED
@@ -53,6 +53,7 @@ class ChildSpec:
     deployment: Deployment
     app: App
     master_pid: int
+    node: NodeId  # the master's: its scheduler leads in the master's name
     owner: OwnerId | None  # under which a pool child holds its jobs
     scoreboard: Scoreboard
     report_fd: int
@@ -243,7 +244,7 @@ class _Child:
     def _scheduler(self, app: App) -> Scheduler:
         """The scheduler, stamping the scoreboard's entry after the job slots' as it goes."""
         board = self.spec.scoreboard
-        return build_scheduler(app, self.spec.deployment, self.spec.master_pid,
+        return build_scheduler(app, self.spec.deployment, self.spec.node,
                                heartbeat=lambda: board.slot_alive(board.threads),
                                on_redis_refusal=self.refused)
 

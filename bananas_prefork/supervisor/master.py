@@ -31,7 +31,7 @@ from ..core.broker import Broker
 from ..core.config import ConfigError, Deployment, PoolConfig, SchedulerConfig, load
 from ..core.connection import EMBEDDED, connect, resolve, wants_embedded
 from ..core.errors import Trouble
-from ..core.identity import NodeId, OwnerId
+from ..core.identity import NodeId
 from ..core.nodes import NodeStatus, RefusalStatus
 from . import loader
 from .child_main import configure_app
@@ -49,6 +49,7 @@ TICK = 1.0
 READY_WAIT = 60.0  # tell systemd we are ready after this even if a pool keeps failing
 PUBLISH_INTERVAL = 1.0
 EVICTION_CHECK_INTERVAL = 60.0
+PERIODIC_REFRESH_INTERVAL = 60.0
 REDIS_RETRY = 1.0  # a failed renewal is tried again this soon
 SIGNAL_NAMES = {signal.SIGHUP: "hup", signal.SIGTERM: "term", signal.SIGINT: "int",
                 signal.SIGQUIT: "quit", signal.SIGUSR2: "usr2", signal.SIGTTIN: "ttin",
@@ -88,7 +89,7 @@ class Master:
         self.app = app
         self.config_path = config_path
         self.pid = os.getpid()
-        self.node = NodeId.of_master(self.pid)
+        self.node = NodeId.new()
         self.state = State.STARTING
         self.notifier = notifier or Notifier()
         self.services = list(services)
@@ -111,6 +112,7 @@ class Master:
         self._eviction_check = Every(EVICTION_CHECK_INTERVAL)
         self._eviction_policy: str | None = "noeviction"
         self._periodic_pending = False
+        self._periodic_refresh = Every(PERIODIC_REFRESH_INTERVAL)
         self.refusals: dict[str, str] = {}  # what Redis refuses the master itself
         self._renewal_trouble = Trouble("master: job liveness renewal", self._refused)
         self._publish_trouble = Trouble("master: status publishing", self._refused)
@@ -118,7 +120,7 @@ class Master:
         self.publisher = Publisher(self.broker, self.node, deployment.alerts,
                                    deployment.node_ttl)
         self.last_snapshot: NodeStatus | None = None
-        self.workforce = Workforce(deployment, app, self.broker, self.pid, self._selector,
+        self.workforce = Workforce(deployment, app, self.broker, self.node, self._selector,
                                    self._inherited_fds)
 
     # -- the loop ------------------------------------------------------------------
@@ -148,7 +150,7 @@ class Master:
         if self.state is State.STARTING:
             self._connect()
         elif self.state is State.RUNNING:
-            if self._periodic_pending:
+            if self._periodic_pending or self._periodic_refresh.due():
                 self._register_periodic()
             self._check_health()
             self._advance_rollout()
@@ -275,37 +277,17 @@ class Master:
             return
         log.info("redis answered; starting children")
         self.state = State.RUNNING
-        self._recover_orphans_of_this_host()
+        # Jobs of an earlier master's children come back when their liveness expires,
+        # never sooner: only that key can tell a dead owner from a live one elsewhere.
+        self._publish()  # running, for status and for the periodic schedule
         self._register_periodic()
 
-    def _recover_orphans_of_this_host(self) -> None:
-        """Jobs of children of an earlier master on this host that died: give them back now.
-
-        Without this they would wait for their liveness to expire (owner_ttl).
-        """
-        try:
-            owners = self.broker.owner_ids()
-        except redis.RedisError:
-            return
-        for text in owners:
-            owner = OwnerId.parse(text)
-            if owner is not None and self._dead_master_here(owner.node):
-                self.workforce.recover(owner, lost_run=True,
-                                       reason="worker lost: its master died")
-
-    def _dead_master_here(self, node: NodeId) -> bool:
-        """An earlier master on this machine whose process is gone."""
-        return node.host == self.node.host and node.pid not in (0, self.pid) and \
-            not _pid_alive(node.pid)
-
     def _register_periodic(self) -> None:
-        """Declare this deployment's periodic entries in the shared schedule."""
+        """Declare this deployment's periodic entries in the shared schedule (and forget
+        what masters that are gone declared). Also once a minute: a master cut off from
+        Redis for longer than node_ttl was taken for gone, and declares its entries again."""
         self._periodic_pending = True
         try:
-            for node in periodic.declaring_nodes(self.broker):
-                other = NodeId.parse(node)
-                if other is not None and self._dead_master_here(other):
-                    periodic.forget_node(self.broker, str(other))
             periodic.register(self.broker, periodic.entries_for(self.deployment.periodic,
                                                                 self.app), str(self.node))
             self._periodic_pending = False
@@ -563,12 +545,3 @@ class Master:
 def _wake_only(signum: int, frame: object) -> None:
     """The wakeup fd already carries the signal to the loop; nothing else runs here."""
 
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True

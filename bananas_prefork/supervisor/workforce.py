@@ -23,7 +23,7 @@ import redis
 from ..core.app import App
 from ..core.broker import Broker
 from ..core.config import Deployment, PoolConfig, SchedulerConfig
-from ..core.identity import OwnerId
+from ..core.identity import NodeId, OwnerId
 from ..core.job import Job
 from ..core.nodes import PoolStatus, RefusalStatus
 from ..core.retry import DEFAULT_POLICY
@@ -52,13 +52,14 @@ class Recovery:
 class Workforce:
     """Every group of one master and the children in them."""
 
-    def __init__(self, deployment: Deployment, app: App, broker: Broker, master_pid: int,
+    def __init__(self, deployment: Deployment, app: App, broker: Broker, node: NodeId,
                  selector: selectors.BaseSelector,
                  inherited_fds: Callable[[], list[int]]) -> None:
         self.deployment = deployment
         self.app = app
         self.broker = broker
-        self.master_pid = master_pid
+        self.node = node
+        self.master_pid = node.pid
         self.selector = selector
         self.inherited_fds = inherited_fds  # the master's descriptors a child must close
         self.groups: list[Group] = []
@@ -144,7 +145,8 @@ class Workforce:
         owner = OwnerId.new(self.master_pid, 0) if pool is not None else None
         spec = ChildSpec(
             kind=group.kind, label=group.label(index), deployment=self.deployment,
-            app=self.app, master_pid=self.master_pid, owner=owner, scoreboard=scoreboard,
+            app=self.app, master_pid=self.master_pid, node=self.node, owner=owner,
+            scoreboard=scoreboard,
             report_fd=write_fd, pool=pool.config if pool else None,
             max_jobs=pool.jobs_limit() if pool else None,
             run_scheduler=pool is not None and runs_scheduler,

@@ -12,10 +12,19 @@ import pytest
 from bananas_prefork import App
 from bananas_prefork.core.broker import LockLost
 from bananas_prefork.core.config import PeriodicConfig
+from bananas_prefork.core.identity import NodeId
 from bananas_prefork.core.leadership import LeaderLock
-from bananas_prefork.core.periodic import PeriodicRunner, conflicts, entries_for, register
+from bananas_prefork.core.nodes import NodeStore
+from bananas_prefork.core.periodic import (
+    PeriodicRunner,
+    conflicts,
+    declaring_nodes,
+    entries_for,
+    entry_names,
+    register,
+)
 from bananas_prefork.core.scheduler import Scheduler
-from tests.helpers import entry, wait_until
+from tests.helpers import entry, live_node, wait_until
 
 
 def _runner(app: App, window: float = 30.0) -> PeriodicRunner:
@@ -87,13 +96,14 @@ def test_periodic_decorator_and_file_entries_resolve_priorities(app: App) -> Non
 
 
 def test_registration_keeps_other_masters_entries(app: App) -> None:
-    register(app.broker, [entry("a"), entry("b", every=60.0)], node="vm1:1")
-    register(app.broker, [], node="vm2:2")  # a master without entries drops nothing
+    vm1, vm2 = live_node(app.broker, "vm1", 1), live_node(app.broker, "vm2", 2)
+    register(app.broker, [entry("a"), entry("b", every=60.0)], node=vm1)
+    register(app.broker, [], node=vm2)  # a master without entries drops nothing
     assert set(app.broker.fields(app.broker.keys.periodic)) == {"a", "b"}
-    register(app.broker, [entry("b", every=60.0)], node="vm2:2")
-    register(app.broker, [entry("b", every=60.0)], node="vm1:1")  # vm1 no longer declares a
+    register(app.broker, [entry("b", every=60.0)], node=vm2)
+    register(app.broker, [entry("b", every=60.0)], node=vm1)  # vm1 no longer declares a
     assert set(app.broker.fields(app.broker.keys.periodic)) == {"b"}
-    register(app.broker, [entry("b", every=30.0)], node="vm2:2")
+    register(app.broker, [entry("b", every=30.0)], node=vm2)
     assert conflicts(app.broker) == {"b": ["vm1:1", "vm2:2"]}
 
 
@@ -159,3 +169,19 @@ def test_the_leader_forgets_queues_that_stay_empty(app: App) -> None:
         thread.join(5)
     app.enqueue("typo_task")  # used again: back at once
     assert app.queue_depths()["normal"]["typo_task"] == 1
+
+
+def test_periodic_entries_follow_the_masters_that_are_alive(app: App) -> None:
+    """An entry lives while some running master declares it: a master that restarts
+    without it (a new node), or one that is gone for good, stops declaring it."""
+    store = NodeStore(app.broker.client, app.broker.keys)
+    old, new = NodeId("vm1", 10, "aaaa"), NodeId("vm1", 11, "bbbb")
+    store.publish(old, {"host": "vm1", "pid": 10}, ttl=60)  # type: ignore[typeddict-item]
+    register(app.broker, [entry("nightly"), entry("hourly")], node=str(old))
+    assert entry_names(app.broker) == ["hourly", "nightly"]
+    store.withdraw(old)  # the old master stopped; a new one starts without "nightly"
+    store.publish(new, {"host": "vm1", "pid": 11}, ttl=60)  # type: ignore[typeddict-item]
+    register(app.broker, [entry("hourly")], node=str(new))
+    assert entry_names(app.broker) == ["hourly"]
+    assert declaring_nodes(app.broker) == {str(new)}
+    assert app.broker.client.zrange(app.broker.keys.periodic_next, 0, -1) == ["hourly"]

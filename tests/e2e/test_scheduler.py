@@ -13,7 +13,7 @@ from bananas_prefork import App
 from bananas_prefork.core.leadership import LeaderLock
 from bananas_prefork.core.periodic import register
 from tests.apps.recorder import runs_key
-from tests.helpers import entry, wait_until
+from tests.helpers import entry, live_node, wait_until
 from tests.masters import MasterFactory, MasterProcess, toml
 
 FAST = ('[scheduler]\nlease = "2s"\ninterval = "1s"\n\n'
@@ -133,8 +133,10 @@ def test_periodic_list_and_remove_commands(app: App, tmp_path: object) -> None:
 
     from tests.masters import ROOT
 
-    register(app.broker, [entry("nightly", cron="0 3 * * *", every=None)], node="vm1:1")
-    register(app.broker, [entry("nightly", cron="0 4 * * *", every=None)], node="vm2:2")
+    register(app.broker, [entry("nightly", cron="0 3 * * *", every=None)],
+             node=live_node(app.broker, "vm1", 1))
+    register(app.broker, [entry("nightly", cron="0 4 * * *", every=None)],
+             node=live_node(app.broker, "vm2", 2))
 
     def cli(*args: str) -> subprocess.CompletedProcess[str]:
         return subprocess.run([sys.executable, "-m", "bananas_prefork", "periodic", *args,

@@ -390,7 +390,7 @@ def test_masters_time_their_own_conditions_and_status_uses_their_thresholds(app:
     and status without a file judges with the most sensitive thresholds they publish."""
     eager = AlertsConfig(high_depth=2, high_depth_for=0.0)
     relaxed = AlertsConfig()
-    publishers = [Publisher(app.broker, NodeId(host, 1), config, ttl=60)
+    publishers = [Publisher(app.broker, NodeId(host, 1, "n"), config, ttl=60)
                   for host, config in (("vm1", eager), ("vm2", relaxed))]
     for _ in range(3):
         app.enqueue("send_email", priority="high")

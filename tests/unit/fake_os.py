@@ -19,6 +19,7 @@ from bananas_prefork.core.app import App
 from bananas_prefork.core.broker import Broker
 from bananas_prefork.core.config import Deployment, from_mapping
 from bananas_prefork.core.connection import connect
+from bananas_prefork.core.identity import NodeId
 from bananas_prefork.supervisor import master as master_module
 from bananas_prefork.supervisor import monitor, pool, publisher, scoreboard, timing, workforce
 from bananas_prefork.supervisor.master import Master
@@ -181,7 +182,7 @@ def deployment(text: dict[str, Any] | None = None, **top: Any) -> Deployment:
 
 def new_workforce(deploy: Deployment, broker: Broker | None = None) -> Workforce:
     app = App(UNREACHABLE, namespace="unit")
-    return Workforce(deploy, app, broker or RecordingBroker(), os.getpid(),
+    return Workforce(deploy, app, broker or RecordingBroker(), NodeId.new(),
                      selectors.DefaultSelector(), lambda: [])
 
 

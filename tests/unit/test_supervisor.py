@@ -175,6 +175,25 @@ def test_ttin_and_ttou_change_every_pool_but_never_below_one(fake_os: FakeOS) ->
     assert {g.name: g.desired for g in force.groups} == {"high": 1, "io": 1, "scheduler": 1}
 
 
+def test_a_starting_master_never_recovers_an_owner_that_is_alive(
+        fake_os: FakeOS, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Another machine (or container) may have the same hostname and an owner whose master
+    pid is not running here: only the owner's liveness key decides."""
+    import socket
+
+    master = new_master(deployment(TWO_POOLS), monkeypatch)
+    broker = master.broker
+    assert isinstance(broker, RecordingBroker)
+    twin = f"{socket.gethostname()}:999999:1000:abcd1234"  # same host name, pid not here
+    monkeypatch.setattr(broker, "owner_ids", lambda: [twin])
+    master.state = master_module.State.STARTING
+    monkeypatch.setattr(broker, "ping", lambda: True)
+    monkeypatch.setattr(broker, "load_scripts", lambda: None)
+    master._connect()
+    assert master.state is master_module.State.RUNNING
+    assert broker.recovered == []
+
+
 # -- reloads and rollouts ------------------------------------------------------------
 
 
