@@ -328,10 +328,9 @@ class Master:
         """Keep every child's jobs owned: one pipelined round trip for all children."""
         if self.state is State.STARTING or not self._renewal.due():
             return
-        owners = self.workforce.owners()
         try:
-            if owners:
-                self.broker.renew_owners(owners)
+            for broker, owners in self.workforce.owners():
+                broker.renew_owners(owners)
             if self._orphan_scan.due():
                 self.broker.recover_dead_owners()
             self._renewal_trouble.recovered()

@@ -19,6 +19,7 @@ from typing import ClassVar
 
 import psutil
 
+from ..core.broker import Broker
 from ..core.config import PoolConfig, SchedulerConfig
 from ..core.identity import OwnerId
 from ..core.nodes import PoolStatus, ProcessStatus
@@ -42,6 +43,7 @@ class Child:
     owner: OwnerId | None  # None: the scheduler child holds no jobs
     scoreboard: Scoreboard
     report_fd: int
+    broker: Broker  # where its jobs live: a reload to another Redis leaves it on its own
     spawned_at: float = field(default_factory=time.monotonic)
     ready_at: float | None = None
     stop_reason: str | None = None

@@ -47,6 +47,7 @@ class Recovery:
     owner: OwnerId
     lost_run: bool
     reason: str
+    broker: Broker
 
 
 class Workforce:
@@ -170,7 +171,7 @@ class Workforce:
         os.close(write_fd)
         os.set_blocking(read_fd, False)
         child = Child(pid, group, index, owner.for_pid(pid) if owner else None, scoreboard,
-                      read_fd)
+                      read_fd, self.broker)
         group.children[pid] = child
         self.selector.register(read_fd, selectors.EVENT_READ, child)
         log.info("spawned %s (pid %d)", child.label, pid)
@@ -264,7 +265,8 @@ class Workforce:
             if child.timed_out is not None:
                 self._fail_timed_out(child)
             self.recover(child.owner, lost_run=child.lost_run if expected else True,
-                         reason=f"worker lost: {child.stop_reason or child.crash or how}")
+                         reason=f"worker lost: {child.stop_reason or child.crash or how}",
+                         broker=child.broker)
         if code == EXIT_BOOT_ERROR:
             error = child.group.last_error
         else:
@@ -275,25 +277,25 @@ class Workforce:
         log.log(level, "%s (pid %d) %s%s", child.label, child.pid, how,
                 f" ({child.stop_reason})" if child.stop_reason else "")
 
-    def recover(self, owner: OwnerId, lost_run: bool, reason: str) -> None:
+    def recover(self, owner: OwnerId, lost_run: bool, reason: str, broker: Broker) -> None:
         try:
-            self.broker.recover(str(owner), known_dead=True, lost_run=lost_run, reason=reason)
+            broker.recover(str(owner), known_dead=True, lost_run=lost_run, reason=reason)
         except redis.RedisError as exc:
             log.warning("cannot recover jobs of %s yet (%s); will retry", owner, exc)
-            self.pending.append(Recovery(owner, lost_run, reason))
+            self.pending.append(Recovery(owner, lost_run, reason, broker))
 
     def recover_pending(self) -> None:
         pending, self.pending = self.pending, []
         for item in pending:
-            self.recover(item.owner, item.lost_run, item.reason)
+            self.recover(item.owner, item.lost_run, item.reason, item.broker)
 
     def _fail_timed_out(self, child: Child) -> None:
         """The job that ran past its hard limit fails by its retry policy."""
         slot = child.timed_out
         assert slot is not None and child.owner is not None
-        owner = str(child.owner)
+        owner, broker = str(child.owner), child.broker
         try:
-            info = self.broker.job_info(slot.job_id)
+            info = broker.job_info(slot.job_id)
             if info is None or info.owner != owner or info.attempts != slot.attempt:
                 return
             job = Job(info.id, info.name, info.priority, "[]", "{}", json.dumps(info.options),
@@ -303,7 +305,7 @@ class Workforce:
             settlement = policy.settle_failure(
                 job, f"TimeoutError: ran longer than its {slot.timeout:g}s hard limit; "
                      "its child was killed")
-            self.broker.step(owner, slot.slot, settlement, False, (), ())
+            broker.step(owner, slot.slot, settlement, False, (), ())
         except redis.RedisError as exc:
             log.warning("cannot fail timed-out job %s (%s); it will be returned", slot.job_id,
                         exc)
@@ -356,8 +358,14 @@ class Workforce:
         return [{"child": c.label, "where": where, "error": error}
                 for c in self.children() for where, error in sorted(c.refusals.items())]
 
-    def owners(self) -> list[str]:
-        return [str(c.owner) for c in self.children() if c.owner is not None]
+    def owners(self) -> list[tuple[Broker, list[str]]]:
+        """The owners of every child that holds jobs, by the Redis they hold them in."""
+        by_broker: dict[int, tuple[Broker, list[str]]] = {}
+        for child in self.children():
+            if child.owner is not None:
+                by_broker.setdefault(id(child.broker), (child.broker, []))[1].append(
+                    str(child.owner))
+        return list(by_broker.values())
 
     def stop_all(self, reason: str) -> None:
         for child in self.children():

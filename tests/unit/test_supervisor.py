@@ -45,7 +45,7 @@ def test_manage_forks_every_wanted_child_and_the_scheduler(fake_os: FakeOS) -> N
     force.manage()
     assert {k: len(v) for k, v in pools_of(force).items()} == {
         ("pool", "high"): 2, ("pool", "io"): 3, ("scheduler", "scheduler"): 1}
-    owners = force.owners()
+    ((_, owners),) = force.owners()
     assert len(owners) == 5 and len(set(owners)) == 5  # the scheduler child holds no jobs
     force.manage()
     assert fake_os.forks == 6  # nothing more once every group is full
@@ -222,6 +222,33 @@ def test_hup_adds_drains_replaces_and_keeps(fake_os: FakeOS,
     master.workforce.manage()
     assert old_io[0].draining
     assert sorted(fake_os.sent(signal.SIGTERM)) == before[("pool", "io")]
+
+
+def test_hup_to_another_redis_keeps_the_old_generation_alive_in_its_own(
+        fake_os: FakeOS, monkeypatch: pytest.MonkeyPatch) -> None:
+    """While the old generation drains in the old namespace, its jobs stay owned there
+    (renewed) and come back there when a child dies."""
+    master = new_master(deployment(TWO_POOLS), monkeypatch)
+    old_broker = master.broker
+    master.workforce.manage()
+    ready_all(master.workforce)
+    old_children = master.workforce.children()
+    new_broker = RecordingBroker()
+    monkeypatch.setattr(master, "new_broker", lambda: new_broker)
+    monkeypatch.setattr(master_module, "load", lambda path: deployment(TWO_POOLS,
+                                                                       namespace="other"))
+    master._reload_config()
+    master.workforce.manage()  # the new generation starts; the old one runs on meanwhile
+    fake_os.clock.advance(60)
+    master._renew_liveness()
+    old_owners = {str(c.owner) for c in old_children if c.owner}
+    assert old_owners and old_owners <= set(old_broker.renewed[-1])  # type: ignore[attr-defined]
+    assert not old_owners & set(new_broker.renewed[-1])
+    victim = next(c for c in old_children if c.owner)
+    fake_os.exit(victim.pid, signal=signal.SIGKILL)
+    master._reap()
+    assert [r[0] for r in old_broker.recovered] == [str(victim.owner)]  # type: ignore
+    assert new_broker.recovered == []
 
 
 def test_hup_with_a_broken_file_keeps_everything(fake_os: FakeOS,

@@ -18,7 +18,7 @@ from bananas_prefork.supervisor.monitor import KILL, TERM, Sample, judge
 from bananas_prefork.supervisor.pool import FAILING_AFTER, Child, Pool
 from bananas_prefork.supervisor.scoreboard import Scoreboard, SlotView
 from bananas_prefork.supervisor.stats import BUCKETS, StatsRecorder, TypeStats, merge
-from tests.unit.fake_os import FakeOS
+from tests.unit.fake_os import FakeOS, RecordingBroker
 
 LIMITED = PoolConfig(name="p", max_memory_mb=100, max_memory_mb_hard=200)
 
@@ -54,7 +54,7 @@ def test_timeout_verdict_names_the_job_and_does_not_count_a_lost_run() -> None:
 
 
 def worker(pool: Pool, pid: int, age: float, ready: bool = False, jobs: int = 0) -> Child:
-    w = Child(pid, pool, 0, None, Scoreboard(1), -1)
+    w = Child(pid, pool, 0, None, Scoreboard(1), -1, RecordingBroker())
     w.spawned_at = pool_module.time.monotonic() - age
     w.ready_at = w.spawned_at + 0.05 if ready else None  # ready soon after it was forked
     for _ in range(jobs):
