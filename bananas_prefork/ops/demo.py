@@ -111,10 +111,16 @@ class DemoRunner:
         self.console.print(f"jobs done: {done}, failed runs: {failed}")
 
     def _stop_all(self) -> None:
-        """The load first, then the master (graceful: running jobs finish)."""
+        """The load first, then the master (graceful: running jobs finish).
+
+        Only the master is signalled: it stops its children and then its embedded
+        Redis, in that order. Signalling its whole group would stop them all at once,
+        the Redis under the children's feet. The group is killed only if the master
+        does not stop in time.
+        """
         for proc in reversed(self.procs):
             if proc.poll() is None:
-                os.killpg(proc.pid, signal.SIGTERM)
+                proc.send_signal(signal.SIGTERM)
             try:
                 proc.wait(30)
             except subprocess.TimeoutExpired:

@@ -11,6 +11,7 @@ import socket
 import subprocess
 import sys
 import tomllib
+from importlib import resources
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -154,3 +155,20 @@ def test_demo_stops_cleanly_on_sigterm(demo: DemoFactory) -> None:
     out, err = process.communicate(timeout=10)
     assert process.returncode == 0, err
     assert re.match(r"enqueued \d+ jobs in", out.strip().splitlines()[-1]), out
+
+
+def test_the_demo_command_stops_through_the_master(namespace: str, tmp_path: Path) -> None:
+    """`bananas-prefork demo` ends by asking the master to stop, not by killing its whole
+    process group: the scheduler child and the embedded Redis stop in order, no error."""
+    demo_file = resources.files("bananas_prefork") / "examples" / "demo.toml"
+    config = tmp_path / "demo.toml"
+    config.write_text('redis_url = "embedded"\n' + demo_file.read_text())
+    env = {k: v for k, v in os.environ.items() if k not in ("REDIS_URL", "BANANAS_REDIS_URL")}
+    env.update(PYTHONPATH=str(ROOT), BANANAS_NAMESPACE=namespace)
+    done = subprocess.run([sys.executable, "-m", "bananas_prefork", "demo", "--duration", "4",
+                           "--rate", "20", "--config", str(config)], cwd=tmp_path, env=env,
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stdout + done.stderr
+    log = (tmp_path / ".bananas" / "demo-master.log").read_text()
+    assert " ERROR " not in log and "killing" not in log, log[-3000:]
+    assert "stopped" in log
