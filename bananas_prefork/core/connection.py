@@ -50,23 +50,25 @@ def redact(url: str) -> str:
     return _SECRET_QUERY.sub(lambda m: f"{m['name']}***", hidden)
 
 
-def connect(url: str, *, max_connections: int | None = None,
-            socket_timeout: float = 30.0) -> redis.Redis:
+def connect(url: str, *, max_connections: int | None = None, socket_timeout: float = 10.0,
+            retries: int = 3) -> redis.Redis:
     """A client that retries dropped connections with backoff and jitter.
 
     A retried call is safe: every script is idempotent for the same arguments
     (job ids are chosen by the client, a slot's fetch is handed back, a second
-    settle of a run is a no-op).
+    settle of a run is a no-op). The socket timeout bounds how long a call can
+    hang on a Redis that does not answer; it must exceed the longest blocking
+    call (a slot's idle BLPOP, a couple of seconds).
     """
     return redis.Redis.from_url(
         url,
         decode_responses=True,
-        socket_connect_timeout=5.0,
+        socket_connect_timeout=min(5.0, socket_timeout),
         socket_timeout=socket_timeout,
         socket_keepalive=True,
         health_check_interval=30,
         max_connections=max_connections,
-        retry=Retry(ExponentialWithJitterBackoff(cap=1.0, base=0.05), retries=3),
+        retry=Retry(ExponentialWithJitterBackoff(cap=1.0, base=0.05), retries=retries),
         retry_on_error=[redis.ConnectionError, redis.TimeoutError],
     )
 

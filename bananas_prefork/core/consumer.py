@@ -122,6 +122,7 @@ class Consumer:
         pool: str | None = None,
         owner: str | None = None,
         heartbeat: bool = True,
+        recovers_others: bool = True,
         max_jobs: int | None = None,
         job_timeout: float | None = None,
         idle_timeout: float = 2.0,
@@ -137,7 +138,8 @@ class Consumer:
         self.threads = threads
         self.pool = pool
         self.owner = owner or str(OwnerId.new(master_pid=0))
-        self.heartbeat = heartbeat
+        self.heartbeat = heartbeat  # renew our own liveness (a master renews it too)
+        self.recovers_others = recovers_others  # and look for owners that died
         self.max_jobs = max_jobs
         self.job_timeout = job_timeout
         self.idle_timeout = idle_timeout
@@ -390,7 +392,7 @@ class Consumer:
         while not self._stopped.wait(interval):
             try:
                 self.broker.renew_owners([self.owner])
-                if time.monotonic() >= next_scan:
+                if self.recovers_others and time.monotonic() >= next_scan:
                     self.broker.recover_dead_owners()
                     next_scan = time.monotonic() + self.broker.owner_ttl
             except redis.RedisError as exc:

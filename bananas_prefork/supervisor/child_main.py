@@ -123,6 +123,7 @@ class _Child:
             signal.signal(signum, _wake_only)
         signal.signal(signal.SIGQUIT, lambda *_: os._exit(EXIT_OK))
         signal.signal(signal.SIGHUP, signal.SIG_IGN)
+        signal.signal(signal.SIGUSR1, signal.SIG_IGN)
         signal.pthread_sigmask(signal.SIG_UNBLOCK, MASTER_SIGNALS)
 
     def _signalled(self, timeout: float) -> bool:
@@ -170,7 +171,7 @@ class _Child:
                                  self.refused)
         consumer = Consumer(app, priorities=pool.priorities, job_types=pool.job_types,
                             threads=threads, pool=pool.name, owner=str(owner),
-                            heartbeat=False, max_jobs=self.spec.max_jobs,
+                            heartbeat=True, recovers_others=False, max_jobs=self.spec.max_jobs,
                             job_timeout=pool.job_timeout, hooks=hooks)
         scheduler = self._scheduler(app) if self.spec.run_scheduler else None
         try:

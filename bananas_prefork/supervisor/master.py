@@ -46,6 +46,11 @@ from .workforce import Workforce, wanted_groups
 log = logging.getLogger(__name__)
 
 TICK = 1.0
+# The master's own Redis calls give up fast, so that a Redis that hangs never holds
+# its loop (reaping, health, the systemd watchdog) for long: one retry of 2 s.
+REDIS_TIMEOUT = 2.0
+REDIS_RETRIES = 1
+RENEWAL_INTERVAL = 1.0  # a whole-machine pause shorter than owner_ttl - 2 s loses nothing
 READY_WAIT = 60.0  # tell systemd we are ready after this even if a pool keeps failing
 PUBLISH_INTERVAL = 1.0
 EVICTION_CHECK_INTERVAL = 60.0
@@ -53,7 +58,7 @@ PERIODIC_REFRESH_INTERVAL = 60.0
 REDIS_RETRY = 1.0  # a failed renewal is tried again this soon
 SIGNAL_NAMES = {signal.SIGHUP: "hup", signal.SIGTERM: "term", signal.SIGINT: "int",
                 signal.SIGQUIT: "quit", signal.SIGUSR2: "usr2", signal.SIGTTIN: "ttin",
-                signal.SIGTTOU: "ttou", signal.SIGCHLD: "chld"}
+                signal.SIGTTOU: "ttou", signal.SIGCHLD: "chld", signal.SIGUSR1: "usr1"}
 
 
 class State(enum.Enum):
@@ -105,7 +110,7 @@ class Master:
         self._wakeup_r = self._wakeup_w = -1
         self._connect_backoff = Backoff(0.5, 30.0)
         self._next_connect = 0.0
-        self._renewal = Every(self.broker.liveness / 3)
+        self._renewal = Every(min(RENEWAL_INTERVAL, self.broker.liveness / 3))
         self._orphan_scan = Every(deployment.owner_ttl)
         self._health_check = Every(TICK)
         self._publishing = Every(PUBLISH_INTERVAL)
@@ -161,11 +166,12 @@ class Master:
             self._drive_stop()
         if self.state is not State.STARTING and self.embedded is not None:
             self.embedded.tick()
-        self._renew_liveness()
-        self._check_eviction()
-        self.workforce.recover_pending()
-        self._publish()
-        self.notifier.watchdog()
+        # Each step below may wait on Redis for a few seconds at most; the watchdog is
+        # petted between them (it sends only when half its interval has passed).
+        for step in (self._renew_liveness, self._check_eviction,
+                     self.workforce.recover_pending, self._publish):
+            step()
+            self.notifier.watchdog()
 
     def _timeout(self) -> float:
         now = time.monotonic()
@@ -242,6 +248,11 @@ class Master:
     def handle_chld(self) -> None:
         """Nothing to do here: every pass reaps."""
 
+    def handle_usr1(self) -> None:
+        """Log rotation's signal elsewhere: our logs go to stderr (the journal under
+        systemd), so there is nothing to reopen; never a reason to stop."""
+        log.info("USR1: nothing to reopen (logs go to stderr); ignored")
+
     # -- starting -----------------------------------------------------------------------
 
     def _resolve(self, deployment: Deployment) -> Deployment:
@@ -257,7 +268,8 @@ class Master:
     def new_broker(self) -> Broker:
         """A connection of the master's own, to the Redis and namespace its children use."""
         app = self.app
-        return Broker(connect(app.redis_url), app.namespace, result_ttl=int(app.result_ttl),
+        client = connect(app.redis_url, socket_timeout=REDIS_TIMEOUT, retries=REDIS_RETRIES)
+        return Broker(client, app.namespace, result_ttl=int(app.result_ttl),
                       dead_ttl=int(app.dead_ttl), owner_ttl=app.owner_ttl,
                       max_redeliveries=app.max_redeliveries)
 

@@ -278,16 +278,25 @@ class Workforce:
                 f" ({child.stop_reason})" if child.stop_reason else "")
 
     def recover(self, owner: OwnerId, lost_run: bool, reason: str, broker: Broker) -> None:
-        try:
-            broker.recover(str(owner), known_dead=True, lost_run=lost_run, reason=reason)
-        except redis.RedisError as exc:
-            log.warning("cannot recover jobs of %s yet (%s); will retry", owner, exc)
-            self.pending.append(Recovery(owner, lost_run, reason, broker))
+        """Give back a dead child's jobs now, or as soon as Redis lets us."""
+        item = Recovery(owner, lost_run, reason, broker)
+        if not self._give_back(item):
+            self.pending.append(item)
 
     def recover_pending(self) -> None:
-        pending, self.pending = self.pending, []
-        for item in pending:
-            self.recover(item.owner, item.lost_run, item.reason, item.broker)
+        """Try the recoveries Redis refused before; stop at the first that fails again
+        (the master's loop must not wait on a Redis that is down once per owner)."""
+        while self.pending and self._give_back(self.pending[0]):
+            self.pending.pop(0)
+
+    def _give_back(self, item: Recovery) -> bool:
+        try:
+            item.broker.recover(str(item.owner), known_dead=True, lost_run=item.lost_run,
+                                reason=item.reason)
+        except redis.RedisError as exc:
+            log.warning("cannot recover jobs of %s yet (%s); will retry", item.owner, exc)
+            return False
+        return True
 
     def _fail_timed_out(self, child: Child) -> None:
         """The job that ran past its hard limit fails by its retry policy."""

@@ -11,8 +11,8 @@ import socket
 import subprocess
 import sys
 import tomllib
-from importlib import resources
 from collections.abc import Callable, Iterator
+from importlib import resources
 from pathlib import Path
 
 import pytest

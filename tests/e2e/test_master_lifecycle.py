@@ -212,3 +212,53 @@ def test_watchdog_and_json_logs(masters: MasterFactory) -> None:
     assert lines and {"ts", "level", "role", "pid", "msg"} <= set(lines[0])
     assert any(line["role"] == "default[0]" for line in lines)
     assert any("spawned default[0]" in line["msg"] for line in lines)
+
+
+def test_a_stalled_master_does_not_lose_its_childrens_jobs(
+        masters: MasterFactory, app: App, rclient: redis.Redis, namespace: str) -> None:
+    """A master stopped (SIGSTOP, a slow re-import, a hung call) longer than owner_ttl:
+    its children still run their jobs, so nobody may take those jobs from them."""
+    master = masters(toml("[pools.default]\nconcurrency = 1\n", owner_ttl="3s"))
+    job_id = app.enqueue("sleep", args=[7])
+    wait_until(lambda: app.job(job_id).state == "running")
+    master.send(signal.SIGSTOP)
+    try:
+        stalled = time.monotonic()
+        wait_until(lambda: time.monotonic() - stalled > 5, timeout=10,
+                   message="a stall longer than owner_ttl")  # the scheduler scans meanwhile
+    finally:
+        master.send(signal.SIGCONT)
+    wait_until(lambda: app.job(job_id).state == "succeeded", timeout=15)
+    assert app.job(job_id).attempts == 1
+    runs = [r for r in rclient.lrange(runs_key(namespace), 0, -1) if r.startswith(job_id)]
+    assert len(runs) == 1, runs
+
+
+def test_the_watchdog_is_petted_while_redis_hangs(masters: MasterFactory,
+                                                  private_redis: object) -> None:
+    """A master blocked on a Redis that does not answer must not miss the systemd
+    watchdog (it would be killed and restarted for no fault of its own)."""
+    server = private_redis
+    master = masters(toml("[pools.default]\nconcurrency = 1\n"),
+                     env={"WATCHDOG_USEC": "6000000",  # WatchdogSec=6: pets every 3 s
+                          "BANANAS_REDIS_URL": server.url})  # type: ignore[attr-defined]
+    master.wait_notify("WATCHDOG=1", timeout=10)
+    os.kill(server.pid, signal.SIGSTOP)  # type: ignore[attr-defined]
+    try:
+        start = len(master.messages)
+        hung = time.monotonic()
+        while time.monotonic() - hung < 15:
+            master.poll_notify()
+        pets = [m for m in master.messages[start:] if "WATCHDOG=1" in m]
+        assert len(pets) >= 3, master.read_log()[-3000:]  # ~5 expected in 15 s
+    finally:
+        os.kill(server.pid, signal.SIGCONT)  # type: ignore[attr-defined]
+
+
+def test_usr1_does_not_stop_the_master(masters: MasterFactory) -> None:
+    master = masters(toml("[pools.default]\nconcurrency = 1\n"))
+    before = master.wait_children({"default": 1, "scheduler": 1})
+    master.send(signal.SIGUSR1)
+    wait_until(lambda: "USR1" in master.read_log(), timeout=5)
+    assert master.proc is not None and master.proc.poll() is None
+    assert master.children() == before
