@@ -20,6 +20,7 @@ import selectors
 import signal
 import time
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Protocol
 
 import redis
@@ -28,7 +29,14 @@ from setproctitle import setproctitle
 from ..core import periodic
 from ..core.app import App
 from ..core.broker import Broker
-from ..core.config import ConfigError, Deployment, PoolConfig, SchedulerConfig, load
+from ..core.config import (
+    ConfigError,
+    Deployment,
+    PoolConfig,
+    SchedulerConfig,
+    error_at,
+    load,
+)
 from ..core.connection import EMBEDDED, connect, resolve, wants_embedded
 from ..core.errors import Trouble
 from ..core.identity import NodeId
@@ -87,7 +95,7 @@ class Master:
 
     def __init__(self, deployment: Deployment, app: App, config_path: str | None = None,
                  notifier: Notifier | None = None, services: Sequence[Service] = ()) -> None:
-        self.embedded = EmbeddedKeeper(deployment.data_dir) \
+        self.embedded = _embedded_keeper(deployment) \
             if wants_embedded(deployment.redis_url) else None
         deployment = self._resolve(deployment)
         self.deployment = deployment
@@ -551,6 +559,18 @@ class Master:
     def _summary(self) -> str:
         summary = self.workforce.summary()
         return summary + (" (last reload failed)" if self.reload_error else "")
+
+
+def _embedded_keeper(deployment: Deployment) -> EmbeddedKeeper:
+    """The embedded server's keeper; a data dir we cannot write is the file's mistake."""
+    try:
+        Path(deployment.data_dir).mkdir(parents=True, exist_ok=True)
+        if not os.access(deployment.data_dir, os.W_OK | os.X_OK):
+            raise PermissionError(13, "Permission denied")
+    except OSError as exc:
+        raise error_at(deployment, "data_dir", f"cannot create or write {deployment.data_dir!r} "
+                                               f"for the embedded Redis: {exc.strerror}") from None
+    return EmbeddedKeeper(deployment.data_dir)
 
 
 def _wake_only(signum: int, frame: object) -> None:

@@ -177,3 +177,15 @@ def test_master_takes_over_when_the_shared_server_goes_away(
     after = wait_until(enqueued, timeout=10)
     wait_until(lambda: app.job(after).state == "succeeded", timeout=15)
     assert app.job(job_id).state == "succeeded"  # the AOF came along
+
+
+def test_a_data_dir_that_cannot_be_written_is_one_clear_error(tmp_path: Path) -> None:
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a directory")
+    config = tmp_path / "pools.toml"
+    config.write_text(toml("[pools.default]\nconcurrency = 1\n", redis_url="embedded",
+                           data_dir=str(blocker / "data")))
+    result = cli("start", str(config), cwd=tmp_path)
+    assert result.returncode == 2, result.stderr
+    assert "Traceback" not in result.stderr and "data_dir" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1, result.stderr
