@@ -251,6 +251,25 @@ def test_hup_to_another_redis_keeps_the_old_generation_alive_in_its_own(
     assert new_broker.recovered == []
 
 
+def test_hup_keeps_a_pool_named_scheduler_apart_from_the_scheduler(
+        fake_os: FakeOS, monkeypatch: pytest.MonkeyPatch) -> None:
+    pools = {"pools": {"scheduler": {"concurrency": 1}}}
+    master = new_master(deployment(pools), monkeypatch)
+    master.workforce.manage()
+    ready_all(master.workforce)
+    before = pools_of(master)
+    grown = {"pools": {"scheduler": {"concurrency": 2}}}
+    monkeypatch.setattr(master_module, "load", lambda path: deployment(grown))
+    master._reload_config()
+    master.workforce.manage()
+    ready_all(master.workforce)
+    master.workforce.manage()
+    after = pools_of(master)
+    assert after[("scheduler", "scheduler")] == before[("scheduler", "scheduler")]
+    assert len(after[("pool", "scheduler")]) == 2
+    assert not set(after[("pool", "scheduler")]) & set(before[("pool", "scheduler")])
+
+
 def test_hup_with_a_broken_file_keeps_everything(fake_os: FakeOS,
                                                  monkeypatch: pytest.MonkeyPatch) -> None:
     from bananas_prefork.core.config import ConfigError
