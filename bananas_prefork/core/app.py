@@ -33,7 +33,7 @@ _JOB_ID_FORBIDDEN = frozenset(" ,{}")
 class Task(Generic[P, R]):
     """A registered function and its defaults; calling it runs it here and now.
 
-    ``@app.task`` returns one. The worker applies its ``max_retries``,
+    ``@app.task`` returns one. The child running a job applies its ``max_retries``,
     ``timeout`` and backoff to every job of its name, however enqueued, unless
     the enqueue call overrode them; its ``priority`` applies where the
     enqueuing process knows the task.
@@ -84,9 +84,9 @@ class App:
         namespace: key prefix, so several deployments can share one Redis.
         result_ttl: seconds a finished job's record and result are kept.
         dead_ttl: seconds a dead job is kept.
-        owner_ttl: seconds after which the jobs of a worker that stopped
+        owner_ttl: seconds after which the jobs of a consumer that stopped
             renewing its liveness go back to their queues.
-        max_redeliveries: lost runs (the worker died) before a job is dead.
+        max_redeliveries: lost runs (its child died) before a job is dead.
     """
 
     def __init__(self, redis_url: str | None = None, namespace: str | None = None, *,

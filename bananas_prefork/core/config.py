@@ -196,7 +196,8 @@ class Deployment:
         "died are back in their queues within this long (found by the scheduler leader)."))
     max_redeliveries: int = setting(3, parse=s.whole(1), env="BANANAS_MAX_REDELIVERIES",
                                     help=(
-        "A job whose worker died this many times goes to the dead letters as a poison pill."))
+        "A job whose child died under it this many times goes to the dead letters as a "
+        "poison pill (see docs/guarantees.md for what a crash charges)."))
     result_ttl: float = setting(3600.0, parse=s.duration(), env="BANANAS_RESULT_TTL", help=(
         "How long a finished job's record and result are kept."))
     dead_ttl: float = setting(7 * 86400.0, parse=s.duration(1.0), env="BANANAS_DEAD_TTL",

@@ -200,7 +200,7 @@ class Consumer:
         """Give back whatever this owner still holds and drop its liveness key."""
         try:
             self.broker.recover(self.owner, known_dead=True, lost_run=lost_run,
-                                reason="worker stopped before the job finished")
+                                reason="worker lost: its consumer stopped before the job finished")
         except redis.RedisError as exc:
             log.warning("could not release jobs of %s (they return when its liveness "
                         "expires): %s", self.owner, exc)
@@ -358,7 +358,7 @@ class Consumer:
     def _execute(self, job: Job, task: Task[..., object] | None) -> Settlement:
         if task is None:
             return Settlement(DEAD, job, f"unknown task {job.name!r}: no task of that name "
-                                         "is registered in this worker's app")
+                                         "is registered in this process's app")
         try:
             args, kwargs = job.decode_arguments()
         except ValueError as exc:
@@ -368,7 +368,7 @@ class Consumer:
                                                 enqueued_at=job.enqueued_at))
         try:
             result = task.fn(*args, **kwargs)
-        except BaseException as exc:  # a job must never take its worker down
+        except BaseException as exc:  # a job must never take its slot down
             return self._failure(job, task, exc)
         finally:
             jobs.reset_current_job(token)

@@ -91,7 +91,7 @@ class JobContext:
         id: the job id.
         name: the task name (the job type).
         attempt: this run's number, 1 for the first; a retry or a redelivery
-            after a lost worker counts up, so a job can tell it runs again.
+            after a lost child counts up, so a job can tell it runs again.
         priority: ``high``, ``normal`` or ``low``.
         pool: the name of the pool running it; None outside a master.
         enqueued_at: epoch seconds.
@@ -118,7 +118,7 @@ class JobInfo:
         state: ``scheduled``, ``queued``, ``running``, ``succeeded``, ``failed``
             (the last run failed and a retry is scheduled) or ``dead``.
         attempts: runs started, 0 before the first.
-        redeliveries: runs lost because their worker died.
+        redeliveries: runs lost because their child died.
         args: the positional arguments, as JSON gave them back.
         kwargs: the keyword arguments.
         enqueued_at: when it was enqueued.
@@ -128,7 +128,7 @@ class JobInfo:
         result: the return value once succeeded.
         error: the last failure, ``Type: message``, or why it is dead.
         traceback: the last failure's traceback.
-        owner: the worker that runs (or last ran) it.
+        owner: the consumer (a child) that runs or last ran it.
         options: per-job overrides given at enqueue (``max_retries``, ``timeout``).
     """
 

@@ -3,7 +3,7 @@
     python -m bananas_prefork.examples.demo --rate 50 --duration 60
 
 Jobs are enqueued by task name in one round trip per tick
-(``app.enqueue_many``), so the workers may run on any machine. Most jobs take
+(``app.enqueue_many``), so the pools that run them may be on any machine. Most jobs take
 their task's default priority; some are sent with another one (a weekly digest
 email is not urgent, an on-demand report is) and some with a ``delay``, so the
 scheduler has work too. One line per second shows what was sent and what is
