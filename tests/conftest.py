@@ -24,6 +24,8 @@ LAYERS = {
     "unit": "no Redis, no processes: rules and decisions, the operating system faked",
     "contract": "the queue against a real redis-server: scripts, ordering, ownership",
     "e2e": "real masters, real signals, the command line",
+    "chaos": "faults injected into a real master under load (profile from "
+             "$BANANAS_CHAOS_PROFILE: short, the default, or full)",
 }
 
 

@@ -1,4 +1,5 @@
-"""Fixtures of the chaos suite: the ``chaos`` marker and runs that clean up after themselves.
+"""Fixtures of the chaos suite: runs that clean up after themselves (the ``chaos``
+marker comes from the folder, as every layer's does).
 
 The profile comes from ``$BANANAS_CHAOS_PROFILE`` (``short``, the default, in the
 normal test run; ``full`` from ``scripts/chaos``).
@@ -13,12 +14,6 @@ from typing import Any
 import pytest
 
 from tests.chaos.harness import ChaosRun, current_profile
-
-
-def pytest_configure(config: pytest.Config) -> None:
-    config.addinivalue_line(
-        "markers", "chaos: fault injection against a real master under load "
-        "(profile from $BANANAS_CHAOS_PROFILE: short or full)")
 
 
 @pytest.fixture

@@ -12,8 +12,8 @@ replaces, ``max_redeliveries - 1`` for a job that kills its own worker, and 0
 for a fault that leaves every worker alive and in charge of its jobs (a stalled
 master, a wall-clock step).
 
-Scenarios that break a promise on the current code are marked ``xfail(strict)``
-with what breaks: they must pass once the product is fixed.
+Each scenario first failed on the code before its fix (Redis error replies that
+killed threads, a stalled master, wall-clock limits, a job calling ``os._exit``).
 """
 
 from __future__ import annotations
@@ -325,26 +325,14 @@ def test_client_pause(chaos: ChaosRunFactory) -> None:
     check(run_scenario(chaos("client_pause"), client_pause))
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "a BUSY reply kills the consumer thread that meets it (Consumer._step and _idle retry "
-    "only ConnectionError/TimeoutError): the two-thread high child runs on with one thread "
-    "while its pool still counts four slots"))
 def test_busy_script(chaos: ChaosRunFactory) -> None:
     check(run_scenario(chaos("busy_script", mix=NO_HIGH), busy_script))
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "a BUSY reply kills the thin child's scheduler thread (Scheduler.run retries only "
-    "ConnectionError/TimeoutError) and consumer threads, and nothing restarts them: no leader, "
-    "delayed jobs never promoted, jobs held by the dead threads stay running for ever"))
 def test_busy_script_thin(chaos: ChaosRunFactory) -> None:
     check(run_scenario(chaos("busy_script_thin", layout=THIN), busy_script))
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "READONLY and UNBLOCKED replies kill consumer threads: a two-thread child whose long job "
-    "outlives the fault runs on with one thread; one-thread children exit, fail to boot "
-    "while the server is read-only and their restarts back off far past the fault"))
 def test_readonly_replica(chaos: ChaosRunFactory) -> None:
     check(run_scenario(chaos("readonly_replica"), readonly_replica))
 
@@ -361,9 +349,6 @@ def test_child_stall(chaos: ChaosRunFactory) -> None:
     check(run_scenario(chaos("child_stall"), child_stall))
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "a master stalled past owner_ttl stops renewing its children's liveness: the scheduler "
-    "recovers a job its live child still runs and another child runs it again"))
 def test_master_stall(chaos: ChaosRunFactory) -> None:
     check(run_scenario(chaos("master_stall"), master_stall))
 
@@ -372,17 +357,9 @@ def test_memory_runaway(chaos: ChaosRunFactory) -> None:
     check(run_scenario(chaos("memory_runaway"), memory_runaway))
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "hard job limits compare wall-clock times (scoreboard started_at with time.time()): a "
-    "+1 h step makes the master kill children whose jobs started before it, which then run "
-    "again"))
 def test_clock_step(chaos: ChaosRunFactory) -> None:
     check(run_scenario(chaos("clock_step", clock=True), clock_step))
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "a job that exits its child with code 0 is requeued without counting a lost run "
-    "(Workforce.child_exited: lost = code != EXIT_OK) and the child respawns at once: the "
-    "job runs for ever and never goes dead"))
 def test_exit_in_job(chaos: ChaosRunFactory) -> None:
     check(run_scenario(chaos("exit_in_job"), exit_in_job))
