@@ -47,7 +47,7 @@ for _, j in ipairs(jobs) do
         bury(j.id, ARGV[7] .. ' (' .. lost .. ' times)', '', now, now_s, ARGV[6])
         buried = buried + 1
     else
-        redis.call('HSET', job, 'state', 'queued')
+        redis.call('HSET', job, 'state', 'queued', 'ready_at', now_s)
         push_ready(j.id, j.prio, j.name, j.seq, true)
         wake(j.prio, j.name, 1)
         requeued = requeued + 1
