@@ -1,7 +1,8 @@
 // The history charts of the overview: the series the masters keep in Redis
 // (/api/history), drawn with uPlot (vendor/, MIT licence). The per-second view
 // updates every 2 s, the per-minute one every 30 s. Each chart's element
-// carries data-points: how many buckets have figures (for tests and a glance).
+// carries data-points (buckets with figures) and data-sum (of its first series),
+// for tests and a glance.
 (function () {
   "use strict";
   var root = document.getElementById("charts");
@@ -30,8 +31,9 @@
   function draw(spec, data) {
     var element = document.getElementById("chart-" + spec.id);
     var columns = [data.t].concat(spec.series.map(function (s) { return column(data, s[0]); }));
-    var points = columns[1].filter(function (v) { return v !== null; }).length;
-    element.setAttribute("data-points", String(points));
+    var shown = columns[1].filter(function (v) { return v !== null; });
+    element.setAttribute("data-points", String(shown.length));
+    element.setAttribute("data-sum", String(shown.reduce(function (a, b) { return a + b; }, 0)));
     var key = spec.id + ":" + data.resolution;
     if (charts[spec.id] && charts[spec.id].key === key) {
       charts[spec.id].plot.setData(columns);
