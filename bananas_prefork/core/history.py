@@ -5,9 +5,9 @@ Key family (``keys.py``): ``history:second`` and ``history:minute``, each a hash
 used as a ring of buckets (slot = bucket start / width mod slots), so their size
 is fixed whatever the load, the uptime or the number of masters. Masters write:
 once a second each, one script call (``lua/history_record.lua``) that adds
-their deltas into the buckets Redis' clock names, so several masters sum up
-rather than overwrite. The dashboard reads. This module is the only code on
-these keys.
+their deltas into the buckets Redis' clock names (spread over the seconds since
+the master's previous write), so several masters sum up rather than overwrite.
+The dashboard reads. This module is the only code on these keys.
 """
 
 from __future__ import annotations
@@ -107,21 +107,24 @@ class Tally:
 
 
 class HistoryStore:
-    """The two rings of one namespace."""
+    """The two rings of one namespace. A master writes through its own store, which
+    remembers the second it last wrote: the next write covers the seconds since."""
 
     def __init__(self, client: redis.Redis, keys: Keys) -> None:
         self.client = client
         self.keys = keys
         self.script = client.register_script(script_source("history_record"))
+        self.last_second = 0
 
     def record(self, delta: Delta) -> bool:
-        """Add a master's delta to the current buckets (and measure the queues' depth if
-        nobody has this second); True when this call measured them."""
-        return bool(self.script(
+        """Add a master's delta to the buckets since its last write (and measure the
+        queues' depth if nobody has this second); True when this call measured them."""
+        measured, self.last_second = self.script(
             keys=[self.keys.history(SECOND.name), self.keys.history(MINUTE.name),
                   self.keys.queues],
             args=[self.keys.prefix, delta.done, delta.failed, round(delta.waited * 1000),
-                  delta.started, SECOND.slots, MINUTE.slots]))
+                  delta.started, SECOND.slots, MINUTE.slots, self.last_second])
+        return bool(measured)
 
     def read(self, resolution: Resolution) -> Series:
         """The whole ring, ending with the bucket that is filling now."""

@@ -65,6 +65,20 @@ def test_a_slot_of_an_older_bucket_starts_afresh(app: App, rclient: redis.Redis)
     assert rclient.hlen(key) <= SECOND.slots
 
 
+def test_a_late_write_is_spread_over_the_seconds_it_covers(app: App,
+                                                           rclient: redis.Redis) -> None:
+    history = store(app)
+    same_second(rclient)
+    history.record(Delta(done=1))
+    for _ in range(3):
+        same_second(rclient)
+    history.last_second -= 1  # as if the master's publishes had skipped a second too
+    history.record(Delta(done=10, failed=3, started=4, waited=4.0))
+    done = [v for v in history.read(SECOND)["done"] if v is not None]
+    assert done == [1 + 2, 2, 2, 4]  # 10 over 4 seconds, the remainder to the last
+    assert sum(v for v in history.read(MINUTE)["done"] if v is not None) == 11
+
+
 def test_nothing_recorded_reads_as_gaps(app: App) -> None:
     series = store(app).read(SECOND)
     assert len(series["t"]) == SECOND.slots

@@ -11,6 +11,9 @@
 -- ARGV[1]  prefix '{ns}'   ARGV[2] jobs done   ARGV[3] runs failed
 -- ARGV[4]  milliseconds the started jobs waited in their queues   ARGV[5] jobs started
 -- ARGV[6]  slots of the per-second ring   ARGV[7] slots of the per-minute ring
+-- ARGV[8]  the second this master's last call wrote ('0': none). A master's publishes
+--          are about, not exactly, a second apart: what it adds is spread evenly over
+--          the seconds since then (at most 10), so no second is skipped or doubled.
 --
 -- A bucket is 'time,done,failed,waited_ms,started,high,normal,low': its start
 -- (epoch seconds), the sums of what masters added, and the ready jobs per
@@ -18,7 +21,7 @@
 -- each ring stays at its number of slots. The depths are measured once per
 -- second, by whichever master writes first; a minute keeps its highest.
 --
--- Returns 1 when this call measured the depths, else 0.
+-- Returns {1 when this call measured the depths else 0, the second it wrote}.
 
 --! include lib/keys.lua
 
@@ -46,12 +49,6 @@ local function save(hash, slot, v)
     redis.call('HSET', hash, slot, table.concat(parts, ','))
 end
 
-local function add(v)
-    for i = 2, 5 do
-        v[i] = v[i] + tonumber(ARGV[i])
-    end
-end
-
 local function depths()
     local out = {high = 0, normal = 0, low = 0}
     for _, pair in ipairs(redis.call('SMEMBERS', KEYS[3])) do
@@ -64,23 +61,55 @@ local function depths()
     return out
 end
 
+local MAX_SPAN = 10
 local now = math.floor((redis_now()))
-local second_slot = tostring(now % tonumber(ARGV[6]))
-local minute = now - now % 60
-local minute_slot = tostring((minute / 60) % tonumber(ARGV[7]))
-
-local s = load(KEYS[1], second_slot, now)
-local m = load(KEYS[2], minute_slot, minute)
-add(s)
-add(m)
-local measured = 0
-if s[DEPTH.high] < 0 then
-    measured = 1
-    for prio, n in pairs(depths()) do
-        s[DEPTH[prio]] = n
-        m[DEPTH[prio]] = math.max(m[DEPTH[prio]], n)
-    end
+local last = tonumber(ARGV[8])
+local span = 1
+if last > 0 then
+    span = math.max(1, math.min(now - last, MAX_SPAN))
 end
-save(KEYS[1], second_slot, s)
-save(KEYS[2], minute_slot, m)
-return measured
+local second_slots, minute_slots = tonumber(ARGV[6]), tonumber(ARGV[7])
+local totals = {tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5])}
+local minutes, touched = {}, {}
+local measured = nil
+
+for back = span - 1, 0, -1 do
+    local second = now - back
+    local slot = tostring(second % second_slots)
+    local s = load(KEYS[1], slot, second)
+    local minute = second - second % 60
+    if not minutes[minute] then
+        minutes[minute] = {0, 0, 0, 0}
+        touched[#touched + 1] = minute
+    end
+    for i = 1, 4 do
+        local share = math.floor(totals[i] / span)
+        if back == 0 then  -- the remainder goes to the latest second
+            share = totals[i] - share * (span - 1)
+        end
+        s[i + 1] = s[i + 1] + share
+        minutes[minute][i] = minutes[minute][i] + share
+    end
+    if back == 0 and s[DEPTH.high] < 0 then
+        measured = depths()
+        for prio, n in pairs(measured) do
+            s[DEPTH[prio]] = n
+        end
+    end
+    save(KEYS[1], slot, s)
+end
+
+for _, minute in ipairs(touched) do
+    local slot = tostring((minute / 60) % minute_slots)
+    local m = load(KEYS[2], slot, minute)
+    for i = 1, 4 do
+        m[i + 1] = m[i + 1] + minutes[minute][i]
+    end
+    if measured and minute == now - now % 60 then
+        for prio, n in pairs(measured) do
+            m[DEPTH[prio]] = math.max(m[DEPTH[prio]], n)
+        end
+    end
+    save(KEYS[2], slot, m)
+end
+return {measured and 1 or 0, now}

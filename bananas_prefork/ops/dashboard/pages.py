@@ -28,6 +28,7 @@ DEAD_PER_PAGE = 50
 SEARCH_CHUNK = 1000
 SEARCH_BUDGET = 10_000  # dead ids one search request may look at
 NEXT_DUE = 20
+ALERTS_SHOWN = 20  # the overview lists this many alerts and counts the rest
 TEXT_LIMIT = 64 * 1024  # longer job texts are cut on the page
 
 
@@ -105,6 +106,7 @@ class Reader:
         slots = sum(p["concurrency"] for p in pools if p["mode"] != "scheduler-only")
         return {
             "status": status,
+            "alerts_shown": ALERTS_SHOWN,
             "children": sum(len(p["processes"]) for n in status["nodes"] for p in n["pools"]),
             "totals": {
                 "busy": busy, "slots": slots,

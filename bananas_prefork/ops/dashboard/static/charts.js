@@ -28,9 +28,23 @@
     return Math.max(280, element.clientWidth - 8);
   }
 
+  // The window starts at the first bucket anyone reported in (at least MIN_SHOWN
+  // buckets back): a cluster up for a minute fills its chart, not a tenth of it.
+  var MIN_SHOWN = 60;
+
+  function firstReported(data) {
+    var first = data.t.length;
+    for (var i = 0; i < data.t.length; i++) {
+      if (data.done[i] !== null) { first = i; break; }
+    }
+    return Math.max(0, Math.min(first, data.t.length - MIN_SHOWN));
+  }
+
   function draw(spec, data) {
     var element = document.getElementById("chart-" + spec.id);
-    var columns = [data.t].concat(spec.series.map(function (s) { return column(data, s[0]); }));
+    var start = firstReported(data);
+    var columns = [data.t].concat(spec.series.map(function (s) { return column(data, s[0]); }))
+      .map(function (values) { return values.slice(start); });
     var shown = columns[1].filter(function (v) { return v !== null; });
     element.setAttribute("data-points", String(shown.length));
     element.setAttribute("data-sum", String(shown.reduce(function (a, b) { return a + b; }, 0)));
