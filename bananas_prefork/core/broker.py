@@ -309,6 +309,9 @@ class Broker:
         end = -1 if limit is None else offset + max(0, limit - 1)
         return cast(list[str], self.client.zrevrange(self.keys.dead, offset, end))
 
+    def dead_count(self) -> int:
+        return int(cast(int, self.client.zcard(self.keys.dead)))
+
     def job_fields(self, ids: Sequence[str], fields: Sequence[str]) -> list[list[str | None]]:
         """Some fields of many jobs in one round trip (a page of a listing)."""
         with self.client.pipeline(transaction=False) as pipe:

@@ -39,6 +39,7 @@ from .web import (
 
 log = logging.getLogger(__name__)
 
+Handler = Callable[[Request], Response]
 UNLOCK_FOR = 8 * 3600  # seconds an unlocked browser may act
 NAV = (("/", "Overview"), ("/queues", "Queues"), ("/scheduler", "Scheduler"),
        ("/dead", "Dead letters"))
@@ -134,8 +135,7 @@ class Dashboard:
             autoescape=select_autoescape(default=True, default_for_string=True),
             undefined=StrictUndefined, trim_blocks=True, lstrip_blocks=True)
         self.templates.filters.update(age=_age, ts=_timestamp)
-        handler = Callable[[Request], Response]
-        self.routes: dict[tuple[str, str], handler] = {
+        self.routes: dict[tuple[str, str], Handler] = {
             ("GET", "/"): self.overview,
             ("GET", "/queues"): self.queues,
             ("GET", "/scheduler"): self.scheduler,

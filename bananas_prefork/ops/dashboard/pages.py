@@ -153,7 +153,7 @@ class Reader:
                 "periodic": periodic.listing(self.broker)}
 
     def dead(self, task: str, page: int, start: int) -> dict[str, Any]:
-        total = int(self.broker.client.zcard(self.broker.keys.dead))
+        total = self.broker.dead_count()
         task = task.strip()
         if not task:
             shown = Page(page, DEAD_PER_PAGE, total)
