@@ -236,8 +236,7 @@ def section_history(app: App, calls: int, queues: int) -> Result:
     return out
 
 
-def run(sess: Session, opts: argparse.Namespace) -> Result:
-    sections = chosen_sections(opts.parser, opts.only, SECTIONS)
+def run(sess: Session, opts: argparse.Namespace, sections: list[str]) -> Result:
     app = App(sess.url, namespace=NAMESPACE)
     started = time.perf_counter()
     fill(app, opts.queues, 4, opts.dead)
@@ -278,8 +277,9 @@ def main() -> int:
     parser.add_argument("--redis-server", help="redis-server binary")
     parser.add_argument("--keep-workdir", action="store_true")
     opts = parser.parse_args()
-    opts.parser = parser
-    return run_main("dashboard", "bench-dash-", NAMESPACE, opts, supervised_app, run)
+    sections = chosen_sections(parser, opts.only, SECTIONS)
+    return run_main("dashboard", "bench-dash-", NAMESPACE, opts, supervised_app,
+                    lambda sess, o: run(sess, o, sections))
 
 
 if __name__ == "__main__":

@@ -97,7 +97,8 @@ def run(sess: Session, opts: argparse.Namespace) -> Result:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--seconds", type=float, default=70.0, help="load before the shots")
-    parser.add_argument("--rate", type=float, default=40.0, help="demo jobs a second")
+    parser.add_argument("--rate", type=float, default=20.0,
+                        help="demo jobs a second (the demo's default)")
     parser.add_argument("--out", type=Path, default=ROOT / "docs" / "images")
     parser.add_argument("--json", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--redis-server", help="redis-server binary")

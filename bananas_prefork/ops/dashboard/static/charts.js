@@ -16,8 +16,9 @@
   var CHARTS = [
     {id: "throughput", series: [["done", "done", "#2e7d32"], ["failed", "failed", "#c62828"]]},
     {id: "latency", series: [["latency_ms", "latency ms", "#1565c0"]]},
-    {id: "depth", series: [["depth.high", "high", "#6a1b9a"], ["depth.normal", "normal", "#ef6c00"],
-                           ["depth.low", "low", "#546e7a"]]}
+    {id: "depth", samples: true,
+     series: [["depth.high", "high", "#6a1b9a"], ["depth.normal", "normal", "#ef6c00"],
+              ["depth.low", "low", "#546e7a"]]}
   ];
 
   function column(data, path) {
@@ -61,7 +62,8 @@
       scales: {x: {time: true}},
       axes: [{}, {size: 56}],
       series: [{}].concat(spec.series.map(function (s) {
-        return {label: s[1], stroke: s[2], width: 1.5, spanGaps: false,
+        // depths are samples (one a second at most): a second without one is joined
+        return {label: s[1], stroke: s[2], width: 1.5, spanGaps: !!spec.samples,
                 points: {show: data.width > 1}};
       }))
     };
