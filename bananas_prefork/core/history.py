@@ -30,10 +30,6 @@ class Resolution:
     width: int  # seconds per bucket
     slots: int  # buckets kept
 
-    @property
-    def span(self) -> int:
-        return self.width * self.slots
-
 
 SECOND = Resolution("second", 1, 600)
 MINUTE = Resolution("minute", 60, 1440)

@@ -191,6 +191,10 @@ def test_actions_are_refused_without_the_token(app: App, rclient: redis.Redis) -
     assert done.status == 303 and done.headers["Location"] == "/dead?notice=retried&n=1"
     assert rclient.zscore(app.broker.keys.dead, "j1") is None
     assert app.job("j1").state == "queued"
+    bury(rclient, app, "j2")
+    assert on.post("/lock", {"csrf": csrf}).status == 303
+    assert on.post("/dead/delete", {"id": "j2", "csrf": csrf}).status == 403
+    assert any("; Secure" in c for c in dashboard(app).get("/", x_forwarded_proto="https").cookies)
 
 
 def test_retry_all_and_delete_by_script(app: App, rclient: redis.Redis) -> None:

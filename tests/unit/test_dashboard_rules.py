@@ -58,7 +58,7 @@ def test_an_uncommitted_delta_is_counted_again_next_time() -> None:
 def test_series_puts_buckets_in_place_and_leaves_gaps_empty() -> None:
     now = 1_800_000_123
     raw = {"3": f"{now},7,1,300,3,4,-1,0", "0": f"{now - 5},2,0,0,0,1,2,3",
-           "9": f"{now - SECOND.span},99,0,0,0,0,0,0", "x": "garbage"}
+           "9": f"{now - SECOND.slots},99,0,0,0,0,0,0", "x": "garbage"}
     out = series(SECOND, now, raw)
     assert len(out["t"]) == SECOND.slots and out["t"][-1] == now
     assert out["done"][-1] == 7 and out["failed"][-1] == 1

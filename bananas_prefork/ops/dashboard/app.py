@@ -27,6 +27,7 @@ from ...core.config import AlertsConfig, ConfigError, Deployment
 from ...core.settings import declared
 from .pages import Reader, clip, page_number
 from .web import (
+    ACTIONS_COOKIE,
     Guard,
     HTTPError,
     Request,
@@ -307,5 +308,5 @@ class Dashboard:
     def lock(self, request: Request) -> Response:
         self.guard.check_post(request)
         response = self._back(request, "locked")
-        response.set_cookie("bananas_actions", "", request.base or "/", 0)
+        response.set_cookie(request, ACTIONS_COOKIE, "", 0)
         return response

@@ -67,8 +67,12 @@ class Response:
     content_type: str = "text/html; charset=utf-8"
     headers: list[tuple[str, str]] = field(default_factory=list)
 
-    def set_cookie(self, name: str, value: str, path: str, max_age: int | None = None) -> None:
-        attrs = f"{name}={value}; Path={path}; HttpOnly; SameSite=Strict"
+    def set_cookie(self, request: Request, name: str, value: str,
+                   max_age: int | None = None) -> None:
+        """A cookie for this dashboard's path only; Secure when the browser came by HTTPS."""
+        attrs = f"{name}={value}; Path={request.base or '/'}; HttpOnly; SameSite=Strict"
+        if request.secure:
+            attrs += "; Secure"
         if max_age is not None:
             attrs += f"; Max-Age={max_age}"
         self.headers.append(("Set-Cookie", attrs))
@@ -104,6 +108,12 @@ class Request:
 
     def header(self, name: str) -> str:
         return str(self.environ.get("HTTP_" + name.upper().replace("-", "_"), ""))
+
+    @property
+    def secure(self) -> bool:
+        """Reached by HTTPS, directly or through a proxy that says so."""
+        return self.environ.get("wsgi.url_scheme") == "https" or \
+            self.header("X-Forwarded-Proto").lower() == "https"
 
     @property
     def partial(self) -> bool:
@@ -173,7 +183,7 @@ class Guard:
         if not re.fullmatch(r"[0-9a-f]{64}", value):
             value = secrets.token_hex(32)
             request.cookies[CSRF_COOKIE] = value
-            response.set_cookie(CSRF_COOKIE, value, request.base or "/")
+            response.set_cookie(request, CSRF_COOKIE, value)
         return value
 
     def csrf_token(self, request: Request, response: Response) -> str:
@@ -217,8 +227,7 @@ class Guard:
         if self.token is None or not _equal(request.form().get("token", ""), self.token):
             return False
         browser = request.cookies[CSRF_COOKIE]
-        response.set_cookie(ACTIONS_COOKIE, self._sign("actions", browser),
-                            request.base or "/", max_age)
+        response.set_cookie(request, ACTIONS_COOKIE, self._sign("actions", browser), max_age)
         return True
 
 
