@@ -65,6 +65,7 @@ def run(sess: Session, opts: argparse.Namespace) -> Result:
     config = (f'redis_url = "{sess.url}"\nnamespace = "{NAMESPACE}"\n'
               f"dashboard_port = {port}\n{demo}")
     master = sess.master("demo", config, {"BANANAS_DASHBOARD_TOKEN": "screenshot-token-0123"})
+    master.config_path = Path(master.config_path.name)  # shown as given: no temp path
     master.start()
     master.wait_notify("READY=1")
     app = App(sess.url, namespace=NAMESPACE)

@@ -332,9 +332,9 @@ def dashboard(
 ) -> None:
     """Serve the web dashboard: cluster, queues, scheduler, history, dead letters.
 
-    Loopback by default. Retry and delete are on only with a token (dashboard_token,
-    or BANANAS_DASHBOARD_TOKEN); BANANAS_DASHBOARD_AUTH="user:password" asks every
-    page for a login. See docs/dashboard.md.
+    Loopback by default. Retry and delete are on only with a token:
+    dashboard_token in the file, or BANANAS_DASHBOARD_TOKEN.
+    BANANAS_DASHBOARD_AUTH="user:password" asks every page for a login.
     """
     import dataclasses
 
