@@ -23,7 +23,11 @@ from urllib.parse import urlencode
 
 import pytest
 import redis
-from playwright.sync_api import Browser, Page, expect, sync_playwright
+
+try:
+    from playwright.sync_api import Browser, Page, expect, sync_playwright
+except ImportError:  # collected without the browser extra: the fixture says what to do
+    sync_playwright = None
 
 from bananas_prefork import App
 from bananas_prefork.core.embedded import RedisServer, free_port
@@ -85,6 +89,9 @@ def cluster(redis_server: RedisServer,
 
 @pytest.fixture(scope="module")
 def browser() -> Iterator[Browser]:
+    if sync_playwright is None:
+        pytest.fail("the browser tests need Playwright: pip install -e '.[test,browser]' "
+                    "(scripts/test installs it)")
     if not Path(CHROMIUM).exists():
         pytest.fail(f"no Chromium at {CHROMIUM}: apt-get install -y chromium "
                     "(scripts/test installs it), or set BANANAS_TEST_CHROMIUM")

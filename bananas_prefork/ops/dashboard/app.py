@@ -134,7 +134,8 @@ class Dashboard:
         self.templates = Environment(
             loader=PackageLoader(__package__, "templates"),
             autoescape=select_autoescape(default=True, default_for_string=True),
-            undefined=StrictUndefined, trim_blocks=True, lstrip_blocks=True)
+            undefined=StrictUndefined, trim_blocks=True, lstrip_blocks=True,
+            auto_reload=False)  # they ship with the code
         self.templates.filters.update(age=_age, ts=_timestamp)
         self.routes: dict[tuple[str, str], Handler] = {
             ("GET", "/"): self.overview,
