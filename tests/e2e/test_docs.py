@@ -11,6 +11,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from bananas_prefork.ops.reference import render
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -51,6 +53,7 @@ def bare_path(tmp: Path) -> str:
     return str(bin_dir)
 
 
+@pytest.mark.timeout(600)  # two fresh installs from the package registry: their pace, not ours
 def test_readme_commands_work_from_a_fresh_clone(tmp_path: Path) -> None:
     demo, test = quick_start_commands()
     assert (demo, test) == ("scripts/demo", "scripts/test")
