@@ -337,13 +337,25 @@ class Broker:
 
     # -- dead letters --------------------------------------------------------
 
-    def dead_ids(self, limit: int | None = None) -> list[str]:
-        """Dead job ids, most recent first."""
-        end = -1 if limit is None else max(0, limit - 1)
-        return cast(list[str], self.client.zrevrange(self.keys.dead, 0, end))
+    def dead_ids(self, limit: int | None = None, offset: int = 0) -> list[str]:
+        """Dead job ids, most recent first (from the ``offset``-th on)."""
+        end = -1 if limit is None else offset + max(0, limit - 1)
+        return cast(list[str], self.client.zrevrange(self.keys.dead, offset, end))
 
-    def dead_jobs(self, limit: int = 50) -> list[JobInfo]:
-        ids = self.dead_ids(limit)
+    def dead_count(self) -> int:
+        return int(cast(int, self.client.zcard(self.keys.dead)))
+
+    def job_fields(self, ids: Sequence[str], fields: Sequence[str]) -> list[list[str | None]]:
+        """Some fields of many jobs in one round trip (a page of a listing)."""
+        with self.client.pipeline(transaction=False) as pipe:
+            for job_id in ids:
+                pipe.hmget(self.keys.job(job_id), list(fields))
+            return cast(list[list[str | None]], pipe.execute())
+
+    def dead_jobs(self, limit: int = 50, offset: int = 0,
+                  ids: Sequence[str] | None = None) -> list[JobInfo]:
+        """A page of dead jobs, most recent first (or the given ones)."""
+        ids = self.dead_ids(limit, offset) if ids is None else ids
         with self.client.pipeline(transaction=False) as pipe:
             for job_id in ids:
                 pipe.hgetall(self.keys.job(job_id))

@@ -220,6 +220,30 @@ class Deployment:
         "Serve Prometheus metrics on this port (unset: no metrics server)."))
     metrics_bind: str = setting("127.0.0.1", parse=s.text, env="BANANAS_METRICS_BIND",
                                 help="Address the metrics server listens on.")
+    dashboard_port: int | None = setting(None, parse=s.optional(s.whole(1, 65535)),
+                                         env="BANANAS_DASHBOARD_PORT", help=(
+        "Serve the web dashboard on this port (unset: no dashboard in the master; "
+        "bananas-prefork dashboard serves one on its own)."))
+    dashboard_bind: str = setting("127.0.0.1", parse=s.text, env="BANANAS_DASHBOARD_BIND",
+                                  help=(
+        "Address the dashboard listens on. Loopback by default: put a reverse proxy with "
+        "TLS in front, or set dashboard_auth, before exposing it."))
+    dashboard_prefix: str = setting("", parse=s.url_prefix, env="BANANAS_DASHBOARD_PREFIX",
+                                    help=(
+        'Path the dashboard is served under behind a reverse proxy, e.g. "/bananas" '
+        "(unset: the proxy's X-Forwarded-Prefix header, else the root)."))
+    dashboard_auth: str | None = setting(None, parse=s.optional(s.credentials),
+                                         env="BANANAS_DASHBOARD_AUTH", help=(
+        '"user:password" that every dashboard page asks for (HTTP basic auth; use TLS); '
+        "unset: whoever reaches the address can read. Prefer the environment variable."))
+    dashboard_token: str | None = setting(None, parse=s.optional(s.secret),
+                                          env="BANANAS_DASHBOARD_TOKEN", help=(
+        "Enables the dashboard's actions (retry and delete dead jobs) and is the token they "
+        "need (at least 16 characters); unset: the dashboard only reads. Prefer the "
+        "environment variable."))
+    dashboard_show_args: bool = setting(False, parse=s.boolean,
+                                        env="BANANAS_DASHBOARD_SHOW_ARGS", help=(
+        "Show job arguments on the dashboard's job pages (they may hold secrets)."))
     node_ttl: float = setting(60.0, parse=s.duration(6.0), env="BANANAS_NODE_TTL", help=(
         "How long status keeps showing a master that stopped reporting (as lost) before "
         "dropping it."))

@@ -10,6 +10,8 @@ A job is one Redis hash (``Keys.job``). Its fields:
 ``attempts``, ``redeliveries``    runs started; runs lost with their child
 ``seq``                           enqueue order across job types
 ``enqueued_at``, ``due_at``       epoch seconds
+``ready_at``                      when it last went (back) to its queue after a delay, a
+                                  retry, a recovery or a retry by hand (unset: enqueued_at)
 ``started_at``, ``finished_at``   of the last run
 ``owner``                         the consumer that runs (or ran) it
 ``result``, ``error``, ``traceback``
@@ -47,10 +49,11 @@ class Job:
     options_json: str
     attempt: int
     enqueued_at: float
+    ready_at: float | None = None  # None: it has waited in its queue since enqueued_at
 
     @classmethod
     def from_reply(cls, reply: Sequence[Any]) -> Job:
-        job_id, name, priority, args, kwargs, options, attempt, enqueued_at = reply
+        job_id, name, priority, args, kwargs, options, attempt, enqueued_at, ready_at = reply
         return cls(
             id=job_id,
             name=name,
@@ -60,7 +63,13 @@ class Job:
             options_json=options or "{}",
             attempt=int(attempt),
             enqueued_at=float(enqueued_at or 0.0),
+            ready_at=float(ready_at) if ready_at else None,
         )
+
+    @property
+    def waiting_since(self) -> float:
+        """When it became ready to run: the start of its pickup latency."""
+        return self.ready_at or self.enqueued_at
 
     def decode_arguments(self) -> tuple[list[Any], dict[str, Any]]:
         """The call arguments; ValueError when the stored payload is not valid."""
@@ -149,6 +158,7 @@ class JobInfo:
     traceback: str | None = None
     owner: str | None = None
     options: dict[str, Any] = field(default_factory=dict)
+    ready_at: float | None = None
 
     @classmethod
     def from_hash(cls, job_id: str, fields: Mapping[str, str]) -> JobInfo:
@@ -183,6 +193,7 @@ class JobInfo:
             traceback=fields.get("traceback") or None,
             owner=fields.get("owner") or None,
             options=loads("options", {}),
+            ready_at=number("ready_at"),
         )
 
     def as_dict(self, with_args: bool = False) -> dict[str, Any]:
@@ -196,6 +207,7 @@ class JobInfo:
             "redeliveries": self.redeliveries,
             "enqueued_at": self.enqueued_at,
             "due_at": self.due_at,
+            "ready_at": self.ready_at,
             "started_at": self.started_at,
             "finished_at": self.finished_at,
             "result": self.result,

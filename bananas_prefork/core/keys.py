@@ -132,3 +132,8 @@ class Keys:
     def nodes(self) -> str:
         """Sorted set: node id -> last time it published."""
         return self._key("nodes")
+
+    def history(self, resolution: str) -> str:
+        """Hash: ring of ``slots`` buckets, slot -> packed figures (``history.py``);
+        ``resolution`` is ``second`` or ``minute``."""
+        return self._key("history", resolution)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import math
+import re
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -198,6 +199,38 @@ def json_table(value: Any) -> dict[str, Any]:
     if not isinstance(value, dict):
         raise ValueError(f"must be a table, got {_describe(value)}")
     return dict(value)
+
+
+_PREFIX = re.compile(r"^(/[A-Za-z0-9._~-]+)*$")
+
+
+@_kind("string")
+def url_prefix(value: Any) -> str:
+    """A path such as "/bananas" (no trailing slash); "" or "/" for the root."""
+    if not isinstance(value, str):
+        raise ValueError(f"must be a path such as \"/bananas\", got {_describe(value)}")
+    prefix = value.strip().rstrip("/")
+    if not _PREFIX.match(prefix):
+        raise ValueError(f"must be a path such as \"/bananas\" (letters, digits, "
+                         f"'.', '_', '~', '-' between slashes), got {_describe(value)}")
+    return prefix
+
+
+@_kind("string")
+def secret(value: Any) -> str:
+    """A token of at least 16 characters; never echoed in an error."""
+    if not isinstance(value, str) or len(value.strip()) < 16:
+        raise ValueError("must be a string of at least 16 characters (not shown)")
+    return value.strip()
+
+
+@_kind("string")
+def credentials(value: Any) -> str:
+    """"user:password"; never echoed in an error."""
+    if not isinstance(value, str) or ":" not in value.strip(":") or \
+            any(c.isspace() or ord(c) < 32 for c in value):
+        raise ValueError('must be "user:password" without spaces (not shown)')
+    return value
 
 
 def closest(word: str, choices: Sequence[str]) -> str | None:

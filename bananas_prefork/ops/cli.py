@@ -78,6 +78,13 @@ def start(
         services: list[Service] = []
         if deployment.metrics_port is not None:
             services.append(MetricsService(deployment.metrics_port, deployment.metrics_bind))
+        if deployment.dashboard_port is not None:
+            from .dashboard.app import Options
+            from .dashboard.server import DashboardService
+
+            services.append(DashboardService(deployment.dashboard_port,
+                                             deployment.dashboard_bind, Options.of(deployment),
+                                             deployment.alerts))
         code = Master(deployment, app, config_path=str(file) if file else None,
                       services=services).run()
     except ConfigError as exc:
@@ -318,6 +325,50 @@ def status(
         Console().print(render(data, processes))
     if check and data["alerts"]:
         raise typer.Exit(EXIT_ALERTING)
+
+
+@cli.command()
+def dashboard(
+    file: FileArg = None,
+    redis_url: RedisOpt = None,
+    namespace: NamespaceOpt = None,
+    bind: Annotated[str | None, typer.Option(help=(
+        "HOST:PORT to listen on (default: the file's dashboard_bind and dashboard_port, "
+        "else 127.0.0.1:8765)."), show_default=False)] = None,
+    prefix: Annotated[str | None, typer.Option(help=(
+        'Serve under this path behind a reverse proxy, e.g. "/bananas".'),
+        show_default=False)] = None,
+    show_args: ShowArgsOpt = False,
+) -> None:
+    """Serve the web dashboard: cluster, queues, scheduler, history, dead letters.
+
+    Loopback by default. Retry and delete are on only with a token:
+    dashboard_token in the file, or BANANAS_DASHBOARD_TOKEN.
+    BANANAS_DASHBOARD_AUTH="user:password" asks every page for a login.
+    """
+    import dataclasses
+
+    from ..core.settings import url_prefix
+    from .dashboard.app import Options
+    from .dashboard.server import parse_bind, serve
+
+    deployment = load_deployment(file) if file else None
+    try:
+        options = Options.of(deployment)
+        if prefix is not None:
+            options = dataclasses.replace(options, prefix=url_prefix(prefix))
+        host, port = parse_bind(bind or f"{deployment.dashboard_bind if deployment else ''}:"
+                                       f"{(deployment and deployment.dashboard_port) or 8765}")
+    except (ConfigError, ValueError) as exc:
+        fail(exc, 2)
+    options = dataclasses.replace(options, show_args=options.show_args or show_args)
+    broker = _broker_or_fail(_client_app(redis_url, namespace, file))
+    try:
+        serve(broker, host, port, options, deployment.alerts if deployment else None)
+    except OSError as exc:
+        fail(f"cannot listen on {host}:{port}: {exc.strerror}", 1)
+    except KeyboardInterrupt:
+        pass
 
 
 @cli.command()

@@ -307,6 +307,7 @@ class _ScoreboardHooks(ConsumerHooks):
 
     def on_job_start(self, slot: int, job: Job, timeout: float | None) -> None:
         self.scoreboard.job_started(slot, job.id, job.name, job.attempt, timeout)
+        self.stats.record_start(job.name, time.time() - job.waiting_since)
         with self.lock:
             self.busy += 1
             self._retitle(job.name)

@@ -5,7 +5,9 @@ after ``node_ttl``: a master that died shows as ``lost`` once its figures are
 older than ``LOST_AFTER``, and disappears when the key expires. Alerts that
 must hold for a while ("high-priority depth above 100 for two minutes") need
 memory: every few seconds each master records since when its own queue
-conditions hold (``nodes.py`` names them with their thresholds).
+conditions hold (``nodes.py`` names them with their thresholds). With each
+publish the master also adds what its pools did since the last one to the
+cluster's history (``history.py``): one script call a second.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import time
 
 from ..core.broker import Broker
 from ..core.config import AlertsConfig
+from ..core.history import HistoryStore, Tally
 from ..core.identity import NodeId
 from ..core.nodes import (
     CONDITION_STALE_AFTER,
@@ -38,11 +41,21 @@ class Publisher:
         self.alerts = alerts
         self.ttl = max(int(ttl), int(LOST_AFTER) + 1)
         self._queue_check = Every(QUEUE_CHECK_INTERVAL)
+        self.history = HistoryStore(broker.client, broker.keys)
+        self.tally = Tally()
 
     def publish(self, status: NodeStatus) -> None:
         self.store.publish(self.node, status, self.ttl)
+        self.record_history(status)
         if self._queue_check.due():
             self.track_queue_conditions()
+
+    def record_history(self, status: NodeStatus) -> None:
+        """Add this node's jobs since the last publish; kept for the next one if Redis fails."""
+        delta, baseline = self.tally.delta(status["pools"])
+        if delta is not None:
+            self.history.record(delta)
+        self.tally.commit(baseline)
 
     def withdraw(self) -> None:
         self.store.withdraw(self.node)

@@ -1,9 +1,9 @@
-"""Per-job-type counts and durations, batched from children to their master.
+"""Per-job-type counts, durations and pickup waits, batched from children to their master.
 
 A child counts in memory and sends the difference once a second over its
 report pipe, so the master knows what every pool did per job type without a
 Redis round trip (or a pipe write) per job. The master keeps running totals,
-which ``status`` rates and Prometheus expose.
+which ``status`` rates, Prometheus exposes and the history series add up.
 """
 
 from __future__ import annotations
@@ -20,11 +20,14 @@ OUTCOMES = ("succeeded", "retry", "dead")
 
 @dataclass
 class TypeStats:
-    """Counts by outcome and a duration histogram for one job type."""
+    """Counts by outcome and a duration histogram for one job type, and how long its
+    jobs waited in their queue before a child picked them up (``waited`` over ``started``)."""
 
     outcomes: dict[str, int] = field(default_factory=lambda: dict.fromkeys(OUTCOMES, 0))
     buckets: list[int] = field(default_factory=lambda: [0] * (len(BUCKETS) + 1))
     seconds: float = 0.0
+    started: int = 0
+    waited: float = 0.0
 
     def observe(self, outcome: str, duration: float) -> None:
         self.outcomes[outcome] = self.outcomes.get(outcome, 0) + 1
@@ -37,10 +40,12 @@ class TypeStats:
         for index, count in enumerate(other.get("buckets", [])[:len(self.buckets)]):
             self.buckets[index] += int(count)
         self.seconds += float(other.get("seconds", 0.0))
+        self.started += int(other.get("started", 0))
+        self.waited += float(other.get("waited", 0.0))
 
     def as_dict(self) -> dict[str, Any]:
         return {"outcomes": dict(self.outcomes), "buckets": list(self.buckets),
-                "seconds": self.seconds}
+                "seconds": self.seconds, "started": self.started, "waited": self.waited}
 
     @property
     def count(self) -> int:
@@ -57,6 +62,13 @@ class StatsRecorder:
     def record(self, job_type: str, outcome: str, duration: float) -> None:
         with self._lock:
             self._pending.setdefault(job_type, TypeStats()).observe(outcome, duration)
+
+    def record_start(self, job_type: str, waited: float) -> None:
+        """A job was picked up ``waited`` seconds after it became ready to run."""
+        with self._lock:
+            stats = self._pending.setdefault(job_type, TypeStats())
+            stats.started += 1
+            stats.waited += max(0.0, waited)
 
     def flush(self) -> dict[str, dict[str, Any]]:
         with self._lock:

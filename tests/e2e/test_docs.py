@@ -14,6 +14,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import pytest
 import typer.main
 
 import bananas_prefork
@@ -148,6 +149,7 @@ def bare_path(tmp: Path) -> str:
     return str(bin_dir)
 
 
+@pytest.mark.timeout(600)  # two fresh installs from the package registry: their pace, not ours
 def test_readme_commands_work_from_a_fresh_clone(tmp_path: Path) -> None:
     demo, test = quick_start_commands()
     assert (demo, test) == ("scripts/demo", "scripts/test")

@@ -15,6 +15,7 @@
 --! include lib/queue.lua
 --! include lib/jobs.lua
 
+local _, now_s = redis_now()
 local requeued = 0
 local woken = {}
 for i = 2, #ARGV do
@@ -25,7 +26,8 @@ for i = 2, #ARGV do
         local seq = tostring(redis.call('INCR', KEYS[2]))
         redis.call('PERSIST', job)
         redis.call('HDEL', job, 'owner', 'result', 'finished_at', 'started_at', 'due_at')
-        redis.call('HSET', job, 'state', 'queued', 'attempts', 0, 'redeliveries', 0, 'seq', seq)
+        redis.call('HSET', job, 'state', 'queued', 'attempts', 0, 'redeliveries', 0, 'seq', seq,
+            'ready_at', now_s)
         push_ready(id, f[2], f[1], seq, false)
         woken[f[2] .. ':' .. f[1]] = (woken[f[2] .. ':' .. f[1]] or 0) + 1
         requeued = requeued + 1

@@ -21,7 +21,7 @@
 if redis.call('GET', KEYS[2]) ~= ARGV[2] then
     return {-1, -1}
 end
-local now = redis_now()  -- (the first value: the number)
+local now, now_s = redis_now()
 local ids = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now, 'LIMIT', 0, tonumber(ARGV[3]))
 local woken = {}
 local promoted = 0
@@ -34,7 +34,7 @@ if #ids > 0 then
         if f[1] then
             seq = seq + 1
             local seq_s = tostring(seq)
-            redis.call('HSET', job, 'state', 'queued', 'seq', seq_s)
+            redis.call('HSET', job, 'state', 'queued', 'seq', seq_s, 'ready_at', now_s)
             push_ready(id, f[2], f[1], seq_s, false)
             local pair = f[2] .. ':' .. f[1]
             woken[pair] = (woken[pair] or 0) + 1

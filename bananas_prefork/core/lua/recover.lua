@@ -62,7 +62,7 @@ for _, j in ipairs(jobs) do
         if lost >= max_redeliveries then
             run_alone(job)
         end
-        redis.call('HSET', job, 'state', 'queued')
+        redis.call('HSET', job, 'state', 'queued', 'ready_at', now_s)
         push_ready(j.id, j.prio, j.name, j.seq, true)
         wake(j.prio, j.name, 1)
         requeued = requeued + 1

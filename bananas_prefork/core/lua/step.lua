@@ -16,7 +16,8 @@
 -- ARGV[13] priorities, comma separated, in the order they are served
 -- ARGV[14] job types, comma separated, or '*'
 --
--- Returns {settled, id, name, priority, args, kwargs, options, attempts, enqueued_at}
+-- Returns {settled, id, name, priority, args, kwargs, options, attempts, enqueued_at,
+-- ready_at}
 -- with only {settled} when no job was fetched; settled is as in lib/settle.lua
 -- ('' when nothing was settled).
 

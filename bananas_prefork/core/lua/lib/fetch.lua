@@ -5,11 +5,12 @@
 -- owner:<owner>   the owner's liveness key (TTL, renewed by its supervisor)
 -- owners          set of owners that have held jobs (scanned for dead owners)
 
-local JOB_FIELDS = {'name', 'priority', 'args', 'kwargs', 'options', 'attempts', 'enqueued_at'}
+local JOB_FIELDS = {'name', 'priority', 'args', 'kwargs', 'options', 'attempts', 'enqueued_at',
+    'ready_at'}
 local ATTEMPTS = 7  -- position of 'attempts' in a reply ({id, fields...})
 
--- {id, name, priority, args, kwargs, options, attempts, enqueued_at}; name is
--- false when the job's record is gone.
+-- {id, name, priority, args, kwargs, options, attempts, enqueued_at, ready_at}; name
+-- is false when the job's record is gone, ready_at when it went straight to its queue.
 local function job_reply(id)
     local fields = redis.call('HMGET', key('job', id), unpack(JOB_FIELDS))
     table.insert(fields, 1, id)
