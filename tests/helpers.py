@@ -6,8 +6,6 @@ import time
 from collections.abc import Callable
 from typing import TypeVar
 
-import redis
-
 from bananas_prefork.core.broker import Broker
 from bananas_prefork.core.identity import NodeId
 from bananas_prefork.core.nodes import NodeStore
@@ -27,11 +25,6 @@ def wait_until(condition: Callable[[], T], timeout: float = 10.0, interval: floa
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout}s waiting for {message}")
         time.sleep(interval)
-
-
-def blocked_in_blpop(client: redis.Redis) -> int:
-    """How many clients wait in BLPOP right now (idle consumer slots, say)."""
-    return sum(1 for c in client.client_list() if c.get("cmd") == "blpop")
 
 
 def live_node(broker: Broker, host: str, pid: int) -> str:

@@ -10,9 +10,20 @@ import pytest
 import redis
 
 from bananas_prefork import App, current_job
-from bananas_prefork.core.consumer import Consumer
+from bananas_prefork.core.consumer import Consumer, ConsumerHooks
 from bananas_prefork.core.keys import Keys
-from tests.helpers import blocked_in_blpop, wait_until
+from tests.helpers import wait_until
+
+
+class IdleSlots(ConsumerHooks):
+    """Which slots have gone idle: each says so just before it blocks waiting for work
+    (a wake-up sent after that finds it, even if it arrives before the block)."""
+
+    def __init__(self) -> None:
+        self.slots: set[int] = set()
+
+    def on_alive(self, slot: int) -> None:
+        self.slots.add(slot)
 
 
 def start(consumers: list[Consumer], app: App, **kw: Any) -> Consumer:
@@ -149,9 +160,9 @@ def test_idle_consumer_picks_up_within_milliseconds(app: App, consumers: list[Co
         started.append(time.time())
 
     # a long backstop: only the wake-up token can explain a fast pickup
-    before = blocked_in_blpop(app.broker.client)
-    start(consumers, app, threads=2, idle_timeout=30)
-    wait_until(lambda: blocked_in_blpop(app.broker.client) >= before + 2, message="idle slots")
+    idle = IdleSlots()
+    start(consumers, app, threads=2, idle_timeout=30, hooks=idle)
+    wait_until(lambda: len(idle.slots) == 2, message="idle slots")
     delays = []
     for n in range(20):
         sent = time.time()
@@ -173,10 +184,9 @@ def test_typed_consumer_wakes_only_for_its_types(app: App, consumers: list[Consu
     def theirs() -> None:
         ran.append("theirs")
 
-    before = blocked_in_blpop(app.broker.client)
-    start(consumers, app, job_types=["mine"], idle_timeout=30)
-    wait_until(lambda: blocked_in_blpop(app.broker.client) >= before + 1,
-               message="an idle slot")
+    idle = IdleSlots()
+    start(consumers, app, job_types=["mine"], idle_timeout=30, hooks=idle)
+    wait_until(lambda: idle.slots, message="an idle slot")
     theirs.enqueue()
     job_id = mine.enqueue()
     wait_until(lambda: state(app, job_id) == "succeeded", timeout=2)
@@ -221,10 +231,10 @@ def test_stop_timeout_returns_unfinished_jobs(app: App) -> None:
 
 
 def test_stop_is_prompt_for_idle_threads(app: App) -> None:
-    before = blocked_in_blpop(app.broker.client)
-    consumer = Consumer(app, threads=4, idle_timeout=30)
+    idle = IdleSlots()
+    consumer = Consumer(app, threads=4, idle_timeout=30, hooks=idle)
     consumer.start()
-    wait_until(lambda: blocked_in_blpop(app.broker.client) >= before + 4, message="idle slots")
+    wait_until(lambda: len(idle.slots) == 4, message="idle slots")
     began = time.monotonic()
     assert consumer.stop(timeout=5)
     assert time.monotonic() - began < 1.0
