@@ -44,5 +44,15 @@ def format_duration(seconds: float) -> str:
     return _trimmed(seconds) + "s"
 
 
+def format_age(seconds: float | None) -> str:
+    """An age for people at a glance: "4.2s", "3.5m", "2.0h", "1.5d"; "-" for none."""
+    if seconds is None:
+        return "-"
+    for unit, size in (("d", 86400.0), ("h", 3600.0), ("m", 60.0)):
+        if seconds >= size:
+            return f"{seconds / size:.1f}{unit}"
+    return f"{seconds:.1f}s"
+
+
 def _trimmed(number: float) -> str:
     return ("%.6f" % number).rstrip("0").rstrip(".")

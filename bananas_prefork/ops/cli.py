@@ -360,13 +360,13 @@ def dashboard(
         host, port = parse_bind(bind or f"{deployment.dashboard_bind if deployment else ''}:"
                                        f"{(deployment and deployment.dashboard_port) or 8765}")
     except (ConfigError, ValueError) as exc:
-        fail(exc, 2)
+        fail(exc, EXIT_USAGE)
     options = dataclasses.replace(options, show_args=options.show_args or show_args)
     broker = _broker_or_fail(_client_app(redis_url, namespace, file))
     try:
         serve(broker, host, port, options, deployment.alerts if deployment else None)
     except OSError as exc:
-        fail(f"cannot listen on {host}:{port}: {exc.strerror}", 1)
+        fail(f"cannot listen on {host}:{port}: {exc.strerror}", EXIT_FAILURE)
     except KeyboardInterrupt:
         pass
 

@@ -8,11 +8,11 @@ are read from Redis at scrape time, at most once a second.
 
 from __future__ import annotations
 
-import logging
 import threading
 import time
 from collections.abc import Callable, Iterator
-from typing import Any
+from socketserver import TCPServer
+from typing import Any, cast
 
 import redis
 from prometheus_client import start_http_server
@@ -31,8 +31,7 @@ from ..core.leadership import LeaderLock
 from ..core.nodes import NodeStatus
 from ..supervisor.master import Master
 from ..supervisor.stats import BUCKETS, OUTCOMES
-
-log = logging.getLogger(__name__)
+from .http_service import HttpService
 
 CLUSTER_CACHE = 1.0
 
@@ -149,29 +148,15 @@ class BananasCollector(Collector):
         yield from (up, depth, oldest, *gauges, lag, has_leader)
 
 
-class MetricsService:
+class MetricsService(HttpService):
     """The /metrics server, run by a master beside its children (``metrics_port``)."""
 
-    def __init__(self, port: int, address: str) -> None:
-        self.port, self.address = port, address
-        self.server: Any = None
+    what = "metrics"
+    path = "/metrics"
 
-    def start(self, master: Master) -> None:
+    def serve(self, master: Master) -> TCPServer:
         registry = CollectorRegistry(auto_describe=False)
         registry.register(ProcessCollector(registry=None))
         registry.register(BananasCollector(lambda: master.last_snapshot, master.new_broker()))
-        try:
-            self.server, _ = start_http_server(self.port, addr=self.address, registry=registry)
-        except OSError as exc:
-            log.error("cannot serve metrics on %s:%d: %s", self.address, self.port,
-                      exc.strerror)
-            return
-        log.info("metrics on http://%s:%d/metrics", self.address, self.port)
-
-    def fileno(self) -> int | None:
-        return self.server.socket.fileno() if self.server is not None else None
-
-    def stop(self) -> None:
-        if self.server is not None:
-            self.server.shutdown()
-            self.server.server_close()
+        server, _ = start_http_server(self.port, addr=self.address, registry=registry)
+        return cast(TCPServer, server)

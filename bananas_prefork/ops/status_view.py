@@ -10,6 +10,7 @@ from rich.live import Live
 from rich.table import Table
 from rich.text import Text
 
+from ..core.durations import format_age
 from ..core.nodes import NodeStatus, PoolStatus
 from ..core.text import one_line
 from .status import ClusterStatus
@@ -21,16 +22,6 @@ def _plain(value: object) -> Text:
     """A cell as literal text: no markup, no control characters (names and errors may
     come from jobs or from the application's own exceptions)."""
     return Text(one_line(str(value)))
-
-
-def _age(seconds: float | None) -> str:
-    if seconds is None:
-        return "-"
-    if seconds < 60:
-        return f"{seconds:.1f}s"
-    if seconds < 3600:
-        return f"{seconds / 60:.1f}m"
-    return f"{seconds / 3600:.1f}h"
 
 
 def _serves(pool: PoolStatus) -> str:
@@ -100,7 +91,7 @@ def processes_table(status: ClusterStatus) -> Table:
                 table.add_row(*map(_plain, (
                     f"{node['host']}:{node['pid']}", f"{pool['name']}[{child['index']}]",
                     child["pid"], child["state"], child["current_job"] or "-",
-                    _age(child["current_job_age"]), child["jobs_done"], child["jobs_failed"],
+                    format_age(child["current_job_age"]), child["jobs_done"], child["jobs_failed"],
                     f"{child['rss_mb']:.0f}" if child["rss_mb"] is not None else "-",
                     f"{child['cpu_percent']:.0f}" if child["cpu_percent"] is not None else "-")))
     return table
@@ -117,7 +108,7 @@ def queues_table(status: ClusterStatus) -> Table:
             if not pools:
                 served = Text("UNSERVED: no live pool takes these", style="bold red")
             age = status["oldest"].get(priority, {}).get(job_type)
-            table.add_row(*map(_plain, (priority, job_type, depth, _age(age))), served)
+            table.add_row(*map(_plain, (priority, job_type, depth, format_age(age))), served)
     return table
 
 

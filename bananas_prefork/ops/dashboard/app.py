@@ -24,6 +24,7 @@ from jinja2 import Environment, PackageLoader, StrictUndefined, select_autoescap
 from ... import __version__
 from ...core.broker import Broker
 from ...core.config import AlertsConfig, ConfigError, Deployment
+from ...core.durations import format_age
 from ...core.settings import declared
 from .pages import Reader, clip, page_number
 from .web import (
@@ -87,18 +88,6 @@ class Options:
                    token=deployment.dashboard_token, show_args=deployment.dashboard_show_args)
 
 
-def _age(seconds: float | None) -> str:
-    if seconds is None:
-        return "-"
-    if seconds < 60:
-        return f"{seconds:.1f}s"
-    if seconds < 3600:
-        return f"{seconds / 60:.1f}m"
-    if seconds < 86400:
-        return f"{seconds / 3600:.1f}h"
-    return f"{seconds / 86400:.1f}d"
-
-
 def _timestamp(epoch: float | None) -> str:
     if not epoch:
         return "-"
@@ -136,7 +125,7 @@ class Dashboard:
             autoescape=select_autoescape(default=True, default_for_string=True),
             undefined=StrictUndefined, trim_blocks=True, lstrip_blocks=True,
             auto_reload=False)  # they ship with the code
-        self.templates.filters.update(age=_age, ts=_timestamp)
+        self.templates.filters.update(age=format_age, ts=_timestamp)
         self.routes: dict[tuple[str, str], Handler] = {
             ("GET", "/"): self.overview,
             ("GET", "/queues"): self.queues,

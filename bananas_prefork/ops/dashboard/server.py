@@ -7,13 +7,14 @@ from __future__ import annotations
 import logging
 import socket
 import threading
-from socketserver import ThreadingMixIn
+from socketserver import TCPServer, ThreadingMixIn
 from typing import Any
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
 from ...core.broker import Broker
 from ...core.config import AlertsConfig
 from ...supervisor.master import Master
+from ..http_service import HttpService
 from .app import Dashboard, Options
 
 log = logging.getLogger(__name__)
@@ -54,35 +55,23 @@ def make(application: Dashboard, host: str, port: int) -> WSGIServer:
                        handler_class=_Handler)
 
 
-class DashboardService:
+class DashboardService(HttpService):
     """The dashboard run by a master (``dashboard_port``), in a thread of its own."""
+
+    what = "dashboard"
 
     def __init__(self, port: int, address: str, options: Options,
                  alerts: AlertsConfig | None = None) -> None:
-        self.port, self.address, self.options, self.alerts = port, address, options, alerts
-        self.server: WSGIServer | None = None
-        self.thread: threading.Thread | None = None
+        super().__init__(port, address)
+        self.options, self.alerts = options, alerts
+        self.path = f"{options.prefix}/"
 
-    def start(self, master: Master) -> None:
-        application = Dashboard(master.new_broker(), self.options, self.alerts)
-        try:
-            self.server = make(application, self.address, self.port)
-        except OSError as exc:
-            log.error("cannot serve the dashboard on %s:%d: %s", self.address, self.port,
-                      exc.strerror)
-            return
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True,
-                                       name="bananas-dashboard")
-        self.thread.start()
-        log.info("dashboard on http://%s:%d%s/", self.address, self.port, self.options.prefix)
-
-    def fileno(self) -> int | None:
-        return self.server.socket.fileno() if self.server is not None else None
-
-    def stop(self) -> None:
-        if self.server is not None:
-            self.server.shutdown()
-            self.server.server_close()
+    def serve(self, master: Master) -> TCPServer:
+        server = make(Dashboard(master.new_broker(), self.options, self.alerts),
+                      self.address, self.port)
+        threading.Thread(target=server.serve_forever, daemon=True,
+                         name="bananas-dashboard").start()
+        return server
 
 
 def serve(broker: Broker, host: str, port: int, options: Options,
