@@ -70,7 +70,8 @@ class App:
 
     def __init__(self, redis_url: str | None = None, namespace: str | None = None, *,
                  result_ttl: float = 3600, dead_ttl: float = 7 * 86400,
-                 owner_ttl: float = 30.0, max_redeliveries: int = 3) -> None:
+                 owner_ttl: float = 30.0, max_redeliveries: int = 3,
+                 min_replicas_ack: int = 0) -> None:
         self._redis_url = redis_url
         if redis_url not in (None, EMBEDDED) and (problem := url_problem(redis_url)):
             raise ValueError(f"redis_url: {problem}")
@@ -81,6 +82,11 @@ class App:
         self.dead_ttl = dead_ttl
         self.owner_ttl = owner_ttl
         self.max_redeliveries = max_redeliveries
+        if isinstance(min_replicas_ack, bool) or not isinstance(min_replicas_ack, int) \
+                or min_replicas_ack < 0:
+            raise ValueError(f"min_replicas_ack must be a whole number >= 0, "
+                             f"not {min_replicas_ack!r}")
+        self.min_replicas_ack = min_replicas_ack
         self.tasks: dict[str, Task[Any, Any]] = {}
         self.periodic_entries: list[PeriodicConfig] = []
 
@@ -107,9 +113,14 @@ class App:
 
     @cached_property
     def broker(self) -> Broker:
+        return self.new_broker()
+
+    def new_broker(self) -> Broker:
+        """A broker on a client of its own, with this App's connection and settings."""
         return Broker(connect(self.redis_url), self.namespace, result_ttl=int(self.result_ttl),
                       dead_ttl=int(self.dead_ttl), owner_ttl=self.owner_ttl,
-                      max_redeliveries=self.max_redeliveries)
+                      max_redeliveries=self.max_redeliveries,
+                      min_replicas_ack=self.min_replicas_ack)
 
     # -- tasks ---------------------------------------------------------------
 

@@ -8,6 +8,7 @@ tools. Reads are plain commands. Nothing here knows about processes.
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, cast
@@ -56,6 +57,19 @@ class LockLost(Exception):
     """The scheduler lock is not (or no longer) ours: do not act."""
 
 
+class NotReplicated(redis.ConnectionError):
+    """Fewer replicas than ``min_replicas_ack`` confirmed a write in time.
+
+    A connection error to every retry loop: the write may not survive a
+    failover, so the same (idempotent) call is sent again, on a new connection
+    (after a failover, to the new primary).
+    """
+
+
+REPLICA_ACK_TIMEOUT_MS = 1000
+ENQUEUE_ATTEMPTS = 5
+
+
 class Broker:
     """Jobs in one Redis namespace."""
 
@@ -68,8 +82,10 @@ class Broker:
         dead_ttl: int = 7 * 86400,
         owner_ttl: float = 30.0,
         max_redeliveries: int = 3,
+        min_replicas_ack: int = 0,
     ) -> None:
         self.client = client
+        self.min_replicas_ack = min_replicas_ack
         self.keys = Keys(namespace)
         self.scripts = Scripts(client)
         self.result_ttl = int(result_ttl)
@@ -124,8 +140,40 @@ class Broker:
         argv: list[str] = [self.prefix]
         for job in jobs:
             argv.extend(job.as_argv())
-        flags = self.scripts.enqueue(keys=[self.keys.seq, self.keys.queues], args=argv)
-        return [bool(flag) for flag in flags]
+        keys = [self.keys.seq, self.keys.queues]
+        if not self.min_replicas_ack:
+            return [bool(flag) for flag in self.scripts.enqueue(keys=keys, args=argv)]
+        return self._enqueue_replicated(keys, argv)
+
+    def _enqueue_replicated(self, keys: list[str], argv: list[str]) -> list[bool]:
+        """Enqueue, then WAIT on the same connection (one pipeline); sent again while
+        too few replicas confirm. The first reply's flags stand: a resend finds the ids."""
+        flags: list[bool] | None = None
+        attempt = 0
+        while True:
+            with self.client.pipeline(transaction=False) as pipe:
+                self.scripts.enqueue(keys=keys, args=argv, client=pipe)
+                pipe.execute_command(*self.wait_command)
+                reply, acked = pipe.execute()
+            flags = flags or [bool(flag) for flag in reply]
+            attempt += 1
+            try:
+                self.check_replicas(acked)
+                return flags
+            except NotReplicated:
+                if attempt >= ENQUEUE_ATTEMPTS:
+                    raise
+                time.sleep(0.1 * attempt)
+
+    @property
+    def wait_command(self) -> tuple[str, int, int]:
+        return ("WAIT", self.min_replicas_ack, REPLICA_ACK_TIMEOUT_MS)
+
+    def check_replicas(self, acked: int) -> None:
+        """After a script call and its WAIT: NotReplicated when too few replicas have it."""
+        if int(acked) < self.min_replicas_ack:
+            raise NotReplicated(f"NOREPLICAS {acked} of {self.min_replicas_ack} replica(s) "
+                                f"confirmed the write within {REPLICA_ACK_TIMEOUT_MS} ms")
 
     # -- consuming ---------------------------------------------------------
 
@@ -351,8 +399,11 @@ class StepChannel:
     checkout, retry wrapper, reply callbacks): a third of a job's whole cost.
     A dedicated connection sending EVALSHA directly skips it. After NOSCRIPT
     (a restarted Redis) it loads the script and sends again; after a dropped
-    connection it disconnects and raises, and the consumer retries the same
-    step, which is safe because a step is idempotent.
+    connection, READONLY or too few replica confirmations (``min_replicas_ack``)
+    it disconnects and raises a ConnectionError, and the consumer retries the
+    same step, which is safe because a step is idempotent. The connection comes
+    from the client's pool, so with a Sentinel URL a reconnect asks the
+    Sentinels for the primary.
     """
 
     def __init__(self, broker: Broker, owner: str, slot: int, priorities: Sequence[str],
@@ -376,9 +427,17 @@ class StepChannel:
             except redis.exceptions.NoScriptError:
                 self.connection.send_command("EVAL", self.script.script, *args)
                 reply = self.connection.read_response()
+            if settlement is not None and self.broker.min_replicas_ack:
+                self.connection.send_command(*self.broker.wait_command)
+                self.broker.check_replicas(self.connection.read_response())
         except (redis.ConnectionError, redis.TimeoutError):
             self.connection.disconnect()
             raise
+        except redis.ReadOnlyError as exc:
+            # A primary demoted by a failover: reconnect (to the new one) and resend, as
+            # redis-py's Sentinel connections do.
+            self.connection.disconnect()
+            raise redis.ConnectionError(f"the primary was demoted ({exc})") from exc
         return parse_step_reply(reply)
 
     def close(self) -> None:

@@ -180,6 +180,10 @@ def _node_alerts(node: NodeStatus, now: float, thresholds: AlertsConfig) -> list
         return [Alert("node_lost", f"master {where} stopped reporting "
                                    f"{now - float(node.get('updated_at', now)):.0f}s ago")]
     alerts = []
+    if node.get("embedded_fallback"):
+        alerts.append(Alert("embedded_fallback", f"{where}: no redis_url configured, so it runs "
+                                                 "a private embedded Redis: producers using "
+                                                 "another Redis are not served", "warning"))
     if node.get("reload_error"):
         alerts.append(Alert("reload_failed", f"{where}: last reload failed: "
                                              f"{node['reload_error']}", "warning"))

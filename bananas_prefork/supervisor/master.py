@@ -29,7 +29,7 @@ from ..core import periodic
 from ..core.app import App
 from ..core.broker import Broker
 from ..core.config import ConfigError, Deployment, PoolConfig, SchedulerConfig, load
-from ..core.connection import EMBEDDED, connect, resolve, wants_embedded
+from ..core.connection import EMBEDDED, FIRST_RUN, embedded_reason, resolve
 from ..core.identity import NodeId, OwnerId
 from ..core.nodes import NodeStatus
 from . import loader
@@ -79,8 +79,16 @@ class Master:
 
     def __init__(self, deployment: Deployment, app: App, config_path: str | None = None,
                  notifier: Notifier | None = None, services: Sequence[Service] = ()) -> None:
-        self.embedded = EmbeddedKeeper(deployment.data_dir) \
-            if wants_embedded(deployment.redis_url) else None
+        reason = embedded_reason(deployment.redis_url)
+        self.embedded = EmbeddedKeeper(deployment.data_dir) if reason else None
+        self.embedded_fallback = reason == FIRST_RUN
+        if self.embedded_fallback:
+            log.warning("NO REDIS CONFIGURED: redis_url is set nowhere (file, BANANAS_REDIS_URL, "
+                        "BANANAS_REDIS_URL_FILE, REDIS_URL) and nothing listens on "
+                        "127.0.0.1:6379, so this master runs a PRIVATE embedded Redis (data in "
+                        "%s). Producers using any other Redis are not served. Fine for a first "
+                        "run; in production set redis_url (never done under systemd).",
+                        deployment.data_dir)
         deployment = self._resolve(deployment)
         self.deployment = deployment
         self.app = app
@@ -247,10 +255,7 @@ class Master:
 
     def new_broker(self) -> Broker:
         """A connection of the master's own, to the Redis and namespace its children use."""
-        app = self.app
-        return Broker(connect(app.redis_url), app.namespace, result_ttl=int(app.result_ttl),
-                      dead_ttl=int(app.dead_ttl), owner_ttl=app.owner_ttl,
-                      max_redeliveries=app.max_redeliveries)
+        return self.app.new_broker()
 
     def _connect(self) -> None:
         """Wait for Redis with backoff; children start once it answers."""
@@ -385,6 +390,7 @@ class Master:
             "config": self.deployment.source,
             "state": self.state.value,
             "reload_error": self.reload_error,
+            "embedded_fallback": self.embedded_fallback,
             "scheduler": {"enabled": self.deployment.scheduler.enabled, "pid": scheduler_pid,
                           "leading": bool(self.workforce.scheduler_state.get("leading"))},
             "pools": pools,
