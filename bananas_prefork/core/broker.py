@@ -415,12 +415,18 @@ class StepChannel:
         self.head = (2, keys.owned(owner), keys.owner(owner), broker.prefix, owner, slot,
                      int(broker.liveness * 1000))
         self.serves = (",".join(priorities), ",".join(job_types))
+        self.connected = False
 
     def step(self, settlement: Settlement | None,
              fetch: bool) -> tuple[int | None, Job | None]:
         args = (*self.head, *self.broker.settle_args(settlement), "1" if fetch else "0",
                 *self.serves)
         try:
+            if not self.connected:
+                # connect() itself, not send_command's implicit reconnect: only connect()
+                # asks a Sentinel pool where the primary is now.
+                self.connection.connect()
+                self.connected = True
             try:
                 self.connection.send_command("EVALSHA", self.script.sha, *args)
                 reply = self.connection.read_response()
@@ -431,14 +437,15 @@ class StepChannel:
                 self.connection.send_command(*self.broker.wait_command)
                 self.broker.check_replicas(self.connection.read_response())
         except (redis.ConnectionError, redis.TimeoutError):
-            self.connection.disconnect()
+            self.close()
             raise
         except redis.ReadOnlyError as exc:
             # A primary demoted by a failover: reconnect (to the new one) and resend, as
             # redis-py's Sentinel connections do.
-            self.connection.disconnect()
+            self.close()
             raise redis.ConnectionError(f"the primary was demoted ({exc})") from exc
         return parse_step_reply(reply)
 
     def close(self) -> None:
         self.connection.disconnect()
+        self.connected = False
