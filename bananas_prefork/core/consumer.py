@@ -25,6 +25,7 @@ import redis
 from . import job as jobs
 from .app import App, Task
 from .broker import DEAD, LOST_OWNERSHIP, RETRY, SUCCEEDED, Broker, Settlement, StepChannel
+from .errors import OnceLog, is_transient
 from .identity import OwnerId
 from .job import Job, JobContext
 from .keys import ANY_TYPE, PRIORITIES
@@ -34,6 +35,7 @@ log = logging.getLogger(__name__)
 
 MAX_TRACEBACK = 20_000
 RECONNECT_BACKOFF_CAP = 5.0
+MISCONFIGURED_RETRY = 5.0  # a permanent error (a missing permission) is retried this slowly
 HEARTBEAT_JOIN_TIMEOUT = 5.0  # a heartbeat stuck in a Redis call is abandoned (daemon thread)
 
 
@@ -91,6 +93,7 @@ class Consumer:
         self._stopped = threading.Event()
         self._slots: list[threading.Thread] = []
         self._heartbeat: threading.Thread | None = None
+        self._once = OnceLog(log)
         self._wake_keys = [*self.broker.wake_keys(self.priorities, self.job_types),
                            self.broker.keys.control(self.owner)]
 
@@ -212,21 +215,27 @@ class Consumer:
                 if fetch and job is None:
                     self._return_ticket()
                 return status, job
-            except (redis.ConnectionError, redis.TimeoutError) as exc:
+            except redis.RedisError as exc:
                 failures += 1
                 if self._stopping.is_set() and settlement is None:
                     if fetch:
                         self._return_ticket()
                     return None, None
                 wait = min(RECONNECT_BACKOFF_CAP, 0.1 * 2 ** failures) * random.uniform(0.5, 1)
-                log.warning("redis unavailable (%s); retrying in %.1fs", exc, wait)
+                if is_transient(exc):
+                    log.warning("redis unavailable (%s); retrying in %.1fs", exc, wait)
+                else:
+                    self._once.permanent("running jobs", exc)
+                    wait = MISCONFIGURED_RETRY
                 time.sleep(wait)
 
     def _idle(self, slot: int) -> None:
         self.hooks.on_idle(slot)
         try:
             self.broker.wait_for_work(self._wake_keys, self.idle_timeout)
-        except (redis.ConnectionError, redis.TimeoutError):
+        except redis.RedisError as exc:
+            if not is_transient(exc):
+                self._once.permanent("waiting for work", exc)
             time.sleep(random.uniform(0.5, 1.0))
 
     def _after_settle(self, settlement: Settlement, status: int | None) -> None:

@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING
 import redis
 
 from .broker import Broker, LockLost
+from .errors import OnceLog, is_transient
 from .identity import LeaderToken, NodeId
 from .leadership import LeaderLock
 
@@ -62,6 +63,7 @@ class Scheduler:
         self._stop = threading.Event()
         self._leading = threading.Event()
         self._due_sooner = threading.Event()
+        self._once = OnceLog(log)
 
     # -- lifecycle -----------------------------------------------------------
 
@@ -76,9 +78,8 @@ class Scheduler:
                         self._lead_once()
                     else:
                         self._contend_once()
-                except (redis.ConnectionError, redis.TimeoutError) as exc:
-                    log.warning("scheduler: redis unavailable (%s)", exc)
-                    self._stop.wait(1.0)
+                except redis.RedisError as exc:
+                    self._trouble("scheduler", exc)
         finally:
             self.resign()
 
@@ -168,8 +169,18 @@ class Scheduler:
             try:
                 if self.lock.wait_for_wake(1.0):
                     self._due_sooner.set()
-            except (redis.ConnectionError, redis.TimeoutError):
-                self._stop.wait(0.5)
+            except redis.RedisError as exc:
+                self._trouble("scheduler wake-ups", exc)
+
+    def _trouble(self, where: str, exc: redis.RedisError) -> None:
+        """Wait out a Redis error: a second for an outage, longer for a permanent one
+        (logged once), so the loop never dies."""
+        if is_transient(exc):
+            log.warning("%s: redis unavailable (%s)", where, exc)
+            self._stop.wait(1.0)
+        else:
+            self._once.permanent(where, exc)
+            self._stop.wait(5.0)
 
 
 def _earliest(a: float | None, b: float | None) -> float | None:

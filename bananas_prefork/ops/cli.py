@@ -54,6 +54,7 @@ def start(
 ) -> None:
     """Run the master in the foreground (systemd Type=notify ready)."""
     from ..core.embedded import RedisUnavailable
+    from ..core.errors import RedisRefused
     from ..supervisor.master import Master, Service
     from ..supervisor.pidfile import PidfileError
     from .metrics import MetricsService
@@ -73,7 +74,7 @@ def start(
                       services=services).run()
     except ConfigError as exc:
         fail(exc, 2)
-    except (PidfileError, RedisUnavailable) as exc:
+    except (PidfileError, RedisUnavailable, RedisRefused) as exc:
         fail(exc, 1)
     raise typer.Exit(code)
 
@@ -172,12 +173,22 @@ def _json_arg(text: str | None, expected: type, option: str) -> Any:
     return value
 
 
-def _client_app(redis_url: str | None, namespace: str | None, file: Path | None) -> Any:
-    """An App for reading and writing jobs: --redis/--namespace, else the file, else the env."""
+def _client_app(redis_url: str | None, namespace: str | None, file: Path | None,
+                redis_file: Path | None = None) -> Any:
+    """An App for reading and writing jobs: --redis (or --redis-file)/--namespace, else the
+    deployment file, else the environment."""
     from ..core.app import App
-    from ..core.connection import EMBEDDED, resolve, url_problem
+    from ..core.connection import EMBEDDED, read_url_file, resolve, url_problem
     from ..core.embedded import RedisUnavailable, running_url
     from ..core.keys import namespace_problem
+
+    if redis_file is not None:
+        if redis_url is not None:
+            fail("give --redis or --redis-file, not both", 2)
+        try:
+            redis_url = read_url_file(redis_file, "--redis-file")
+        except ValueError as exc:
+            fail(exc, 2)
 
     for option, given, problem_of in (("--redis", redis_url, url_problem),
                                       ("--namespace", namespace, namespace_problem)):
@@ -203,7 +214,12 @@ def _client_app(redis_url: str | None, namespace: str | None, file: Path | None)
     return app
 
 
-RedisOpt = Annotated[str | None, typer.Option("--redis", help="Redis URL.")]
+RedisOpt = Annotated[str | None, typer.Option("--redis", help=(
+    "Redis URL (redis://, rediss://, unix:// or redis+sentinel://). It shows in ps: prefer "
+    "--redis-file or the environment for one with a password."))]
+RedisFileOpt = Annotated[Path | None, typer.Option(
+    "--redis-file", help="A file holding the Redis URL (keeps a password off the command "
+                         "line; BANANAS_REDIS_URL_FILE does the same).", show_default=False)]
 NamespaceOpt = Annotated[str | None, typer.Option(help="Key namespace.")]
 ConfigOpt = Annotated[Path | None, typer.Option("--config", help="Read Redis URL and "
                                                                  "namespace from this file.")]
@@ -218,6 +234,7 @@ def enqueue(
     delay: Annotated[str | None, typer.Option(help='Seconds or a duration ("1m").')] = None,
     job_id: Annotated[str | None, typer.Option("--job-id", help="Idempotency key.")] = None,
     redis_url: RedisOpt = None,
+    redis_file: RedisFileOpt = None,
     namespace: NamespaceOpt = None,
     config: ConfigOpt = None,
 ) -> None:
@@ -226,7 +243,7 @@ def enqueue(
     With --config (or BANANAS_APP) the app is imported so that the task's own
     defaults (priority, retries, timeout) apply, as they do for ``task.enqueue``.
     """
-    app = _client_app(redis_url, namespace, config)
+    app = _client_app(redis_url, namespace, config, redis_file)
     _learn_tasks(app, config)
     call_args = _json_arg(args, list, "--args")
     call_kwargs = _json_arg(kwargs, dict, "--kwargs")
@@ -276,6 +293,7 @@ def _broker_or_fail(app: Any) -> Any:
 def status(
     file: FileArg = None,
     redis_url: RedisOpt = None,
+    redis_file: RedisFileOpt = None,
     namespace: NamespaceOpt = None,
     as_json: JsonOpt = False,
     watch: Annotated[bool, typer.Option("--watch", help="Refresh in place.")] = False,
@@ -294,7 +312,7 @@ def status(
     from .status_view import watch as watch_live
 
     alerts = load_deployment(file).alerts if file else None  # None: what the masters run
-    broker = _broker_or_fail(_client_app(redis_url, namespace, file))
+    broker = _broker_or_fail(_client_app(redis_url, namespace, file, redis_file))
     try:
         if watch and not as_json:
             watch_live(Console(), lambda: gather(broker, alerts), interval, processes)
@@ -314,13 +332,14 @@ def status(
 def job(
     job_id: Annotated[str, typer.Argument(help="Job id.")],
     redis_url: RedisOpt = None,
+    redis_file: RedisFileOpt = None,
     namespace: NamespaceOpt = None,
     config: ConfigOpt = None,
     as_json: JsonOpt = False,
     show_args: ShowArgsOpt = False,
 ) -> None:
     """One job: state, attempts, error, traceback, result."""
-    broker = _broker_or_fail(_client_app(redis_url, namespace, config))
+    broker = _broker_or_fail(_client_app(redis_url, namespace, config, redis_file))
     info = broker.job_info(job_id)
     if info is None:
         fail(f"no job {job_id!r} (unknown, or its record expired)", 1)
@@ -347,13 +366,14 @@ cli.add_typer(dead_cli, name="dead")
 def dead_list(
     limit: Annotated[int, typer.Option(help="Most recent first, at most this many.")] = 50,
     redis_url: RedisOpt = None,
+    redis_file: RedisFileOpt = None,
     namespace: NamespaceOpt = None,
     config: ConfigOpt = None,
     as_json: JsonOpt = False,
     show_args: ShowArgsOpt = False,
 ) -> None:
     """List dead jobs with their errors."""
-    broker = _broker_or_fail(_client_app(redis_url, namespace, config))
+    broker = _broker_or_fail(_client_app(redis_url, namespace, config, redis_file))
     jobs = broker.dead_jobs(limit)
     if as_json:
         typer.echo(json.dumps([j.as_dict(with_args=show_args) for j in jobs], indent=2))
@@ -375,6 +395,7 @@ def dead_retry(
     job_ids: Annotated[list[str] | None, typer.Argument(help="Dead job ids.")] = None,
     all_jobs: Annotated[bool, typer.Option("--all", help="Every dead job.")] = False,
     redis_url: RedisOpt = None,
+    redis_file: RedisFileOpt = None,
     namespace: NamespaceOpt = None,
     config: ConfigOpt = None,
     as_json: JsonOpt = False,
@@ -382,7 +403,7 @@ def dead_retry(
     """Send dead jobs back to their queues with a fresh retry budget."""
     if not job_ids and not all_jobs:
         fail("give job ids, or --all", 2)
-    broker = _broker_or_fail(_client_app(redis_url, namespace, config))
+    broker = _broker_or_fail(_client_app(redis_url, namespace, config, redis_file))
     ids = broker.dead_ids() if all_jobs else list(job_ids or [])
     count = broker.requeue_dead(ids)
     if as_json:
@@ -396,12 +417,13 @@ def dead_retry(
 @dead_cli.command("purge")
 def dead_purge(
     redis_url: RedisOpt = None,
+    redis_file: RedisFileOpt = None,
     namespace: NamespaceOpt = None,
     config: ConfigOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Delete every dead job and its record."""
-    broker = _broker_or_fail(_client_app(redis_url, namespace, config))
+    broker = _broker_or_fail(_client_app(redis_url, namespace, config, redis_file))
     count = broker.remove_dead(broker.dead_ids())
     typer.echo(json.dumps({"purged": count}) if as_json else f"purged {count} dead job(s)")
 
@@ -424,6 +446,29 @@ def demo(
     raise typer.Exit(DemoRunner(rate, duration, config).run())
 
 
+@cli.command()
+def acl(
+    namespace: Annotated[str | None, typer.Option(
+        help="Key namespace (default: BANANAS_NAMESPACE, else bananas).",
+        show_default=False)] = None,
+    user: Annotated[str, typer.Option(help="The ACL user's name.")] = "bananas",
+) -> None:
+    """Print the minimal Redis ACL rule for a namespace: its keys, the commands used.
+
+    Run it in redis-cli (or as a line of an ACL file), then give the user a
+    password: ACL SETUSER NAME >password.
+    """
+    from ..core.keys import namespace_problem
+    from .acl import rule
+
+    namespace = namespace or os.environ.get("BANANAS_NAMESPACE") or "bananas"
+    if problem := namespace_problem(namespace):
+        fail(f"--namespace: {problem}", 2)
+    if not re.fullmatch(r"[A-Za-z0-9_.@-]{1,64}", user):
+        fail("--user: letters, digits and . _ @ - (at most 64)", 2)
+    typer.echo(rule(namespace, user))
+
+
 periodic_cli = typer.Typer(no_args_is_help=True, help="The periodic schedule in Redis.")
 cli.add_typer(periodic_cli, name="periodic")
 
@@ -431,6 +476,7 @@ cli.add_typer(periodic_cli, name="periodic")
 @periodic_cli.command("list")
 def periodic_list(
     redis_url: RedisOpt = None,
+    redis_file: RedisFileOpt = None,
     namespace: NamespaceOpt = None,
     config: ConfigOpt = None,
     as_json: JsonOpt = False,
@@ -438,7 +484,8 @@ def periodic_list(
     """Every registered entry: schedule, next tick, which masters declare it."""
     from ..core import periodic
 
-    entries = periodic.listing(_broker_or_fail(_client_app(redis_url, namespace, config)))
+    broker = _broker_or_fail(_client_app(redis_url, namespace, config, redis_file))
+    entries = periodic.listing(broker)
     if as_json:
         typer.echo(json.dumps(entries, indent=2))
         return
@@ -459,20 +506,28 @@ def periodic_list(
 def periodic_remove(
     name: Annotated[str, typer.Argument(help="Entry name.")],
     redis_url: RedisOpt = None,
+    redis_file: RedisFileOpt = None,
     namespace: NamespaceOpt = None,
     config: ConfigOpt = None,
 ) -> None:
     """Take an entry out of the schedule (masters that still declare it add it back)."""
     from ..core import periodic
 
-    if not periodic.remove(_broker_or_fail(_client_app(redis_url, namespace, config)), name):
+    broker = _broker_or_fail(_client_app(redis_url, namespace, config, redis_file))
+    if not periodic.remove(broker, name):
         fail(f"no periodic entry {name!r}", 1)
     typer.echo(f"removed periodic entry {name!r}")
 
 
 def main() -> None:
-    """Console-script entry point."""
+    """Console-script entry point: a Redis error met mid-command is one line, not a
+    traceback (a missing ACL permission names the command)."""
+    from ..core.errors import describe
+
     try:
         cli()
     except KeyboardInterrupt:
         sys.exit(130)
+    except redis.RedisError as exc:
+        typer.echo(f"bananas-prefork: redis: {describe(exc)}", err=True)
+        sys.exit(1)

@@ -29,7 +29,8 @@ from ..core import periodic
 from ..core.app import App
 from ..core.broker import Broker
 from ..core.config import ConfigError, Deployment, PoolConfig, SchedulerConfig, load
-from ..core.connection import EMBEDDED, FIRST_RUN, embedded_reason, resolve
+from ..core.connection import EMBEDDED, FIRST_RUN, embedded_reason, redact, resolve
+from ..core.errors import RedisRefused, describe, is_transient
 from ..core.identity import NodeId, OwnerId
 from ..core.nodes import NodeStatus
 from . import loader
@@ -258,7 +259,12 @@ class Master:
         return self.app.new_broker()
 
     def _connect(self) -> None:
-        """Wait for Redis with backoff; children start once it answers."""
+        """Wait for Redis with backoff; children start once it answers.
+
+        RedisRefused when it answers but will not serve this deployment as configured
+        (a wrong CA or password, a missing ACL permission): nothing runs yet, so the
+        master exits with that one line rather than retry what cannot succeed.
+        """
         if self.embedded is not None:
             self.embedded.tick()
         if time.monotonic() < self._next_connect:
@@ -267,6 +273,9 @@ class Master:
             self.broker.ping()
             self.broker.load_scripts()
         except redis.RedisError as exc:
+            if not is_transient(exc):  # a person must act: say so once and stop here
+                raise RedisRefused(f"cannot use Redis at {redact(self.app.redis_url)}: "
+                                   f"{describe(exc)}") from None
             delay = self._connect_backoff.failed()
             self._next_connect = time.monotonic() + delay
             log.warning("redis unavailable (%s); retrying in %.1fs", exc, delay)
