@@ -519,11 +519,24 @@ def periodic_remove(
     typer.echo(f"removed periodic entry {name!r}")
 
 
+def _hide_passwords_from_ps() -> None:
+    """A URL given on the command line shows in ps for as long as the command runs
+    (``status --watch`` for days): rewrite our title with its password redacted."""
+    from setproctitle import setproctitle
+
+    from ..core.connection import redact
+
+    shown = [redact(arg) if "://" in arg else arg for arg in sys.argv]
+    if shown != sys.argv:
+        setproctitle(" ".join(["bananas-prefork", *shown[1:]]))
+
+
 def main() -> None:
     """Console-script entry point: a Redis error met mid-command is one line, not a
     traceback (a missing ACL permission names the command)."""
     from ..core.errors import describe
 
+    _hide_passwords_from_ps()
     try:
         cli()
     except KeyboardInterrupt:
