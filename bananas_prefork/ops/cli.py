@@ -92,17 +92,17 @@ def check(file: Annotated[Path, typer.Argument(help="Deployment file (TOML).")])
         typer.echo(f"  {line}")
 
 
-def _signal_master(file: Path | None, signum: int, action: str) -> int:
-    from ..supervisor.pidfile import read_pid
+def _signal_master(file: Path | None, signum: int, action: str) -> Any:
+    """The master named by the pidfile, signalled (a psutil.Process)."""
+    from ..supervisor.pidfile import PidfileError, signal_master
 
     source, pidfile = _pidfile_of(file, lenient=signum == signal.SIGTERM)
     if not pidfile:
         fail(f"{source}: no pidfile is configured, so there is no master to {action}", 1)
-    pid = read_pid(pidfile)
-    if pid is None:
-        fail(f"no master is running ({pidfile} is missing or stale)", 1)
-    os.kill(pid, signum)
-    return pid
+    try:
+        return signal_master(pidfile, signum)
+    except PidfileError as exc:
+        fail(exc, 1)
 
 
 def _pidfile_of(file: Path | None, lenient: bool) -> tuple[str, str | None]:
@@ -143,8 +143,8 @@ def reload(
                                                       "application code (SIGUSR2).")] = False,
 ) -> None:
     """Reload the deployment file (SIGHUP), or the application code with --code."""
-    pid = _signal_master(file, signal.SIGUSR2 if code else signal.SIGHUP, "reload")
-    typer.echo(f"sent {'SIGUSR2' if code else 'SIGHUP'} to master {pid}")
+    master = _signal_master(file, signal.SIGUSR2 if code else signal.SIGHUP, "reload")
+    typer.echo(f"sent {'SIGUSR2' if code else 'SIGHUP'} to master {master.pid}")
 
 
 @cli.command()
@@ -153,12 +153,20 @@ def stop(
     wait: Annotated[bool, typer.Option(help="Wait until the master has exited.")] = False,
 ) -> None:
     """Stop the master gracefully (SIGTERM)."""
-    from ..supervisor.pidfile import is_master
-
-    pid = _signal_master(file, signal.SIGTERM, "stop")
-    typer.echo(f"sent SIGTERM to master {pid}")
-    while wait and is_master(pid):
+    master = _signal_master(file, signal.SIGTERM, "stop")
+    typer.echo(f"sent SIGTERM to master {master.pid}")
+    while wait and _alive(master):
         time.sleep(0.1)
+
+
+def _alive(process: Any) -> bool:
+    """Whether a psutil.Process still runs (a zombie has exited)."""
+    import psutil
+
+    try:
+        return bool(process.is_running() and process.status() != psutil.STATUS_ZOMBIE)
+    except psutil.Error:
+        return False
 
 
 def _json_arg(text: str | None, expected: type, option: str) -> Any:

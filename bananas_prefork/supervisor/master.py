@@ -345,6 +345,8 @@ class Master:
     def _inherited_fds(self) -> list[int]:
         """The master's own descriptors, which a forked child closes."""
         fds = [self._wakeup_r, self._wakeup_w, self._selector.fileno()]
+        if self._pidfile is not None and self._pidfile.fd is not None:
+            fds.append(self._pidfile.fd)  # the lock must end with the master, not a child
         return fds + [fd for s in self.services if (fd := s.fileno()) is not None]
 
     # -- liveness ------------------------------------------------------------------------------
