@@ -53,8 +53,8 @@ class EmbeddedInUse(RedisUnavailable):
     """Another process runs this data dir's server: a second one must not share its files."""
 
     def __init__(self, url: str, data_dir: Path) -> None:
-        super().__init__(f"another process runs the embedded Redis of {data_dir}; not "
-                         "starting a second one on its files")
+        super().__init__(f"another process runs the embedded Redis of {data_dir} (it holds "
+                         f"{data_dir / LOCK_FILE}); not starting a second one on its files")
         self.url = url
 
 
@@ -339,7 +339,7 @@ def url_for_app(local_url: str) -> str:
         server = EmbeddedRedis(directory, die_with_parent=threading.current_thread() is
                                threading.main_thread())
         try:
-            server.start()
+            server.start(wait_for_other=10.0)
         except EmbeddedInUse as taken:  # another process was quicker
             if not taken.url:
                 raise
@@ -390,25 +390,32 @@ class EmbeddedRedis:
     def pid(self) -> int | None:
         return self.server.pid
 
-    def start(self) -> str:
-        """Start it, unless another process (or its server) holds the data dir's lock."""
+    def start(self, wait_for_other: float = 0.0) -> str:
+        """Start it, unless another process (or its server) holds the data dir's lock
+        (EmbeddedInUse, with that server's URL once it answers within ``wait_for_other``)."""
         if not self.lock.acquire():
-            raise EmbeddedInUse(self._others_url(), self.data_dir)
+            raise EmbeddedInUse(self._others_url(wait_for_other), self.data_dir)
         assert self.lock.fd is not None
         self.server.keep_fds = (self.lock.fd,)
         self.server.start()
         write_private(self.url_file, self.url + "\n")
         return self.url
 
-    def _others_url(self, timeout: float = 10.0) -> str:
+    def _others_url(self, timeout: float) -> str:
         """The URL of the server another process runs here, once it answers (or its file's
         last word if it does not answer in time: a paused server, say)."""
         deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
+        while True:
             url = running_url(self.data_dir)
             if url is not None:
                 return url
+            if time.monotonic() >= deadline:
+                break
             time.sleep(0.05)
+        return self.recorded_url()
+
+    def recorded_url(self) -> str:
+        """The URL the data dir's last server wrote ('' if none ever ran)."""
         try:
             return self.url_file.read_text().strip()
         except OSError:
