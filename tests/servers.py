@@ -111,6 +111,19 @@ class SentinelCluster:
         self.sentinels[0].client.execute_command("SENTINEL", "FAILOVER", SERVICE)
         return self.wait_new_primary(old)
 
+    def wait_demoted(self, old: int, new: int, timeout: float = 30.0) -> None:
+        """Until the old primary replicates from the new one. Sentinel demotes it only
+        after about 8 s; until then clients still connected to it write there."""
+        def demoted() -> bool:
+            try:
+                with redis.Redis(port=old, decode_responses=True, socket_timeout=1) as client:
+                    info = client.info("replication")
+            except redis.RedisError:
+                return False
+            return info["role"] == "slave" and int(info.get("master_port", 0)) == new
+
+        wait_until(demoted, timeout=timeout, interval=0.1, message="the old primary demoted")
+
     def wait_new_primary(self, old: int, timeout: float = 30.0) -> int:
         def moved() -> int | None:
             ports = {s.client.sentinel_get_master_addr_by_name(SERVICE)[1]

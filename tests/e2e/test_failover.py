@@ -1,6 +1,11 @@
 """Failover under load: a real master on a Sentinel URL, ``SENTINEL FAILOVER`` mid-load,
 then a SIGKILL of the new primary.
 
+Sentinel demotes the old primary about 8 s after ``SENTINEL FAILOVER``; until
+then clients still connected to it keep writing there, and those writes are
+lost when it resyncs from the new one. That window, and the SIGKILL, are what
+``min_replicas_ack`` is for.
+
 Every job whose enqueue returned must end ``succeeded``, or be missing because
 asynchronous replication dropped it (counted: acknowledged-then-lost). With
 ``min_replicas_ack = 1`` nothing may be lost. No process may be wedged, and work
@@ -22,7 +27,7 @@ import redis
 
 from bananas_prefork import App
 from tests.helpers import wait_until
-from tests.masters import MasterFactory, toml
+from tests.masters import MasterFactory, MasterProcess, toml
 from tests.servers import SentinelCluster
 
 RATE = 150.0  # jobs enqueued per second during the faults
@@ -86,54 +91,70 @@ def _wedged(app: App, master_pid: int, alive: bool) -> list[str]:
     return problems
 
 
-def _scenario(cluster: SentinelCluster, masters: MasterFactory, namespace: str,
-              replicas_ack: int) -> Outcome:
-    master = masters(toml(POOL, namespace=namespace, min_replicas_ack=replicas_ack),
-                     name=f"ack{replicas_ack}")
-    app = App(cluster.url(), namespace=namespace, min_replicas_ack=replicas_ack)
-    load = Load(app)
-    producer = threading.Thread(target=load.run, daemon=True)
-    producer.start()
-    time.sleep(1.5)  # load before the faults (this is the load's own duration, not a wait)
+@dataclass
+class Run:
+    """One deployment under load through the faults: a master and a producer."""
 
-    failover_at = time.time()
-    cluster.failover()
-    time.sleep(2.0)
+    app: App
+    master: MasterProcess
+    load: Load
+    producer: threading.Thread
 
+    @classmethod
+    def start(cls, cluster: SentinelCluster, masters: MasterFactory, namespace: str,
+              replicas_ack: int) -> Run:
+        master = masters(toml(POOL, namespace=namespace, min_replicas_ack=replicas_ack),
+                         name=f"ack{replicas_ack}")
+        app = App(cluster.url(), namespace=namespace, min_replicas_ack=replicas_ack)
+        load = Load(app)
+        producer = threading.Thread(target=load.run, daemon=True)
+        producer.start()
+        return cls(app, master, load, producer)
+
+    def finish(self, failover_at: float, kill_at: float) -> Outcome:
+        self.load.stop.set()
+        self.producer.join(10)
+        app, ids = self.app, [job_id for _, job_id in self.load.acked]
+
+        def settled() -> bool:
+            return all(info is None or info.state in ("succeeded", "dead")
+                       for info in map(app.job, ids))
+
+        try:
+            wait_until(settled, timeout=40, interval=0.2, message="every acknowledged job")
+        except AssertionError:
+            pass  # counted as stuck below
+        infos = [app.job(job_id) for job_id in ids]
+        proc = self.master.proc
+        return Outcome(
+            min_replicas_ack=app.min_replicas_ack, acknowledged=len(ids),
+            succeeded=sum(1 for i in infos if i is not None and i.state == "succeeded"),
+            lost=sum(1 for i in infos if i is None),
+            stuck=sum(1 for i in infos if i is not None and i.state != "succeeded"),
+            refused=self.load.refused,
+            recover_failover_s=_recovery(app, self.load.acked, failover_at),
+            recover_kill_s=_recovery(app, self.load.acked, kill_at),
+            wedged=_wedged(app, self.master.pid, proc is not None and proc.poll() is None))
+
+
+def _faults(cluster: SentinelCluster) -> tuple[float, float]:
+    """SENTINEL FAILOVER, completed (the old primary demoted); then a SIGKILL of the new
+    primary, started again once the Sentinels promoted the other. Returns both times."""
+    time.sleep(1.5)  # load before the faults (the load's own duration, not a wait)
     old = cluster.primary_port()
-    victim = cluster.server_on(old)
+    failover_at = time.time()
+    new = cluster.failover()
+    cluster.wait_demoted(old, new)
+    time.sleep(1.0)
+    victim = cluster.server_on(new)
     victim.kill()
     kill_at = time.time()
-    new = cluster.wait_new_primary(old)
+    promoted = cluster.wait_new_primary(new)
     victim.start()  # back as it would be restarted; Sentinel makes it a replica
-    wait_until(lambda: cluster.replicas_up(new), timeout=30, interval=0.1,
+    wait_until(lambda: cluster.replicas_up(promoted), timeout=30, interval=0.1,
                message="the restarted server to replicate")
     time.sleep(1.5)
-    load.stop.set()
-    producer.join(10)
-
-    ids = [job_id for _, job_id in load.acked]
-
-    def settled() -> bool:
-        return all(info is None or info.state in ("succeeded", "dead")
-                   for info in map(app.job, ids))
-
-    try:
-        wait_until(settled, timeout=40, interval=0.2, message="every acknowledged job")
-    except AssertionError:
-        pass  # counted as stuck below
-    infos = [app.job(job_id) for job_id in ids]
-    outcome = Outcome(
-        min_replicas_ack=replicas_ack, acknowledged=len(ids),
-        succeeded=sum(1 for i in infos if i is not None and i.state == "succeeded"),
-        lost=sum(1 for i in infos if i is None),
-        stuck=sum(1 for i in infos if i is not None and i.state != "succeeded"),
-        refused=load.refused,
-        recover_failover_s=_recovery(app, load.acked, failover_at),
-        recover_kill_s=_recovery(app, load.acked, kill_at),
-        wedged=_wedged(app, master.pid, master.proc is not None and master.proc.poll() is None))
-    master.stop()
-    return outcome
+    return failover_at, kill_at
 
 
 def _throughput(cluster: SentinelCluster, masters: MasterFactory, namespace: str,
@@ -160,8 +181,11 @@ def test_failover_and_primary_kill_under_load(sentinel_cluster: SentinelCluster,
                  for ack in (0, 1)}
         for master in factory.started:
             master.stop()
-        outcomes = [_scenario(sentinel_cluster, factory, f"{namespace}f{ack}", ack)
-                    for ack in (0, 1)]
+        # Both modes through the same faults, side by side.
+        runs = [Run.start(sentinel_cluster, factory, f"{namespace}f{ack}", ack)
+                for ack in (0, 1)]
+        failover_at, kill_at = _faults(sentinel_cluster)
+        outcomes = [run.finish(failover_at, kill_at) for run in runs]
     finally:
         for master in factory.started:
             master.stop()
