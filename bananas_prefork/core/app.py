@@ -63,15 +63,16 @@ class Task(Generic[P, R]):
 class App:
     """A registry of tasks bound to a Redis namespace.
 
-    Without arguments it connects where the environment says: ``BANANAS_REDIS_URL``
-    or ``REDIS_URL`` (else the embedded default) and ``BANANAS_NAMESPACE`` (else
-    ``bananas``), the same rules the command line follows.
+    Without arguments it connects where the environment says: ``BANANAS_REDIS_URL``,
+    ``BANANAS_REDIS_URL_FILE`` or ``REDIS_URL`` (else the embedded default),
+    ``BANANAS_NAMESPACE`` (else ``bananas``) and ``BANANAS_MIN_REPLICAS_ACK`` (else 0),
+    the same rules the command line follows.
     """
 
     def __init__(self, redis_url: str | None = None, namespace: str | None = None, *,
                  result_ttl: float = 3600, dead_ttl: float = 7 * 86400,
                  owner_ttl: float = 30.0, max_redeliveries: int = 3,
-                 min_replicas_ack: int = 0) -> None:
+                 min_replicas_ack: int | None = None) -> None:
         self._redis_url = redis_url
         if redis_url not in (None, EMBEDDED) and (problem := url_problem(redis_url)):
             raise ValueError(f"redis_url: {problem}")
@@ -82,11 +83,7 @@ class App:
         self.dead_ttl = dead_ttl
         self.owner_ttl = owner_ttl
         self.max_redeliveries = max_redeliveries
-        if isinstance(min_replicas_ack, bool) or not isinstance(min_replicas_ack, int) \
-                or min_replicas_ack < 0:
-            raise ValueError(f"min_replicas_ack must be a whole number >= 0, "
-                             f"not {min_replicas_ack!r}")
-        self.min_replicas_ack = min_replicas_ack
+        self.min_replicas_ack = _check_replicas_ack(min_replicas_ack)
         self.tasks: dict[str, Task[Any, Any]] = {}
         self.periodic_entries: list[PeriodicConfig] = []
 
@@ -267,6 +264,19 @@ def _check_priority(priority: object) -> str:
 def _check_retries(value: object) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < 0:
         raise ValueError(f"max_retries must be a whole number >= 0, not {value!r}")
+    return value
+
+
+def _check_replicas_ack(value: object) -> int:
+    """The argument, else BANANAS_MIN_REPLICAS_ACK, else 0: a whole number >= 0."""
+    if value is None:
+        text = os.environ.get("BANANAS_MIN_REPLICAS_ACK") or "0"
+        if not text.strip().isdigit():
+            raise ValueError(f"BANANAS_MIN_REPLICAS_ACK must be a whole number >= 0, "
+                             f"not {text!r}")
+        return int(text)
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ValueError(f"min_replicas_ack must be a whole number >= 0, not {value!r}")
     return value
 
 

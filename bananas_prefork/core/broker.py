@@ -15,6 +15,7 @@ from typing import Any, cast
 
 import redis
 
+from .errors import error_code
 from .job import Job, JobInfo
 from .keys import PRIORITIES, Keys
 from .scripts import Scripts
@@ -439,9 +440,12 @@ class StepChannel:
         except (redis.ConnectionError, redis.TimeoutError):
             self.close()
             raise
-        except redis.ReadOnlyError as exc:
-            # A primary demoted by a failover: reconnect (to the new one) and resend, as
-            # redis-py's Sentinel connections do.
+        except redis.ResponseError as exc:
+            if error_code(exc) != "READONLY":
+                raise
+            # A primary demoted by a failover (Redis 6.2 wraps the code in a script
+            # error): reconnect, to the new one, and resend, as redis-py's Sentinel
+            # connections do.
             self.close()
             raise redis.ConnectionError(f"the primary was demoted ({exc})") from exc
         return parse_step_reply(reply)

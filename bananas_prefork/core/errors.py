@@ -42,17 +42,17 @@ _ALWAYS_TRANSIENT = (redis.ConnectionError, redis.TimeoutError, redis.ReadOnlyEr
 
 def error_code(exc: redis.RedisError) -> str:
     """The reply's error code (``BUSY``, ``NOPERM``, ...), or '' when there is none."""
-    status = getattr(exc, "status_code", None)
-    if status:
-        return str(status)
+    status = str(getattr(exc, "status_code", None) or "")
+    if status and status != "ERR":  # a script's error is ERR around the command's code
+        return status
     text = str(exc)
     first = text.split(" ", 1)[0]
-    if first.isupper() and first.isalpha():
+    if not status and first.isupper() and first.isalpha():
         return first
     for code in TRANSIENT_CODES:
         if f"-{code} " in text or f" {code} " in text:
             return code
-    return ""
+    return status
 
 
 # A TLS handshake that fails this way fails the same way next time; a dropped
