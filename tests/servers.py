@@ -39,7 +39,7 @@ class SentinelProcess:
             f"port {self.port}\nbind 127.0.0.1\ndir {directory}\n"
             f"logfile {directory / 'sentinel.log'}\n"
             f"sentinel monitor {SERVICE} 127.0.0.1 {primary_port} {quorum}\n"
-            f"sentinel down-after-milliseconds {SERVICE} 1000\n"
+            f"sentinel down-after-milliseconds {SERVICE} 2000\n"
             f"sentinel failover-timeout {SERVICE} 4000\n"
             f"sentinel parallel-syncs {SERVICE} 1\n")
         self.process = subprocess.Popen([_binary(), str(self.config), "--sentinel"],
@@ -63,7 +63,11 @@ class SentinelProcess:
 
 
 class SentinelCluster:
-    """A primary, a replica and three Sentinels (quorum 2) on loopback."""
+    """A primary, a replica and three Sentinels (quorum 2) on loopback.
+
+    A primary is declared down after 2 s without an answer: quick enough for a
+    short test, slow enough that a busy 2-core machine does not fail over twice.
+    """
 
     def __init__(self, directory: Path) -> None:
         self.servers: list[RedisServer] = []

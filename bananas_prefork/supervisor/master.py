@@ -30,7 +30,7 @@ from ..core.app import App
 from ..core.broker import Broker
 from ..core.config import ConfigError, Deployment, PoolConfig, SchedulerConfig, load
 from ..core.connection import EMBEDDED, FIRST_RUN, embedded_reason, redact, resolve
-from ..core.errors import RedisRefused, describe, is_transient
+from ..core.errors import OnceLog, RedisRefused, describe, is_transient
 from ..core.identity import NodeId, OwnerId
 from ..core.nodes import NodeStatus
 from . import loader
@@ -117,6 +117,7 @@ class Master:
         self._publishing = Every(PUBLISH_INTERVAL)
         self._periodic_pending = False
         self._redis_outages: set[str] = set()
+        self._once = OnceLog(log)
         self._pidfile = Pidfile(deployment.pidfile) if deployment.pidfile else None
         self.publisher = Publisher(self.broker, self.node, deployment.alerts,
                                    deployment.node_ttl)
@@ -317,7 +318,10 @@ class Master:
                                                                 self.app), str(self.node))
             self._periodic_pending = False
         except redis.RedisError as exc:
-            log.warning("cannot register periodic entries yet (%s); will retry", exc)
+            if is_transient(exc):
+                log.warning("cannot register periodic entries yet (%s); will retry", exc)
+            else:  # retried on every pass: say it once
+                self._once.permanent("registering periodic entries", exc)
 
     # -- children ---------------------------------------------------------------------------
 

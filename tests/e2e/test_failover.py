@@ -149,9 +149,9 @@ def _faults(cluster: SentinelCluster) -> tuple[float, float]:
     victim = cluster.server_on(new)
     victim.kill()
     kill_at = time.time()
-    promoted = cluster.wait_new_primary(new)
+    cluster.wait_new_primary(new)
     victim.start()  # back as it would be restarted; Sentinel makes it a replica
-    wait_until(lambda: cluster.replicas_up(promoted), timeout=30, interval=0.1,
+    wait_until(lambda: cluster.replicas_up(cluster.primary_port()), timeout=45, interval=0.1,
                message="the restarted server to replicate")
     time.sleep(1.5)
     return failover_at, kill_at
