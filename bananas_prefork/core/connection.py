@@ -16,8 +16,10 @@ in as a Redis ACL user.
 
 from __future__ import annotations
 
+import inspect
 import os
 from dataclasses import dataclass
+from functools import cache
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qsl, unquote, urlsplit
@@ -28,6 +30,7 @@ from redis.retry import Retry
 from redis.sentinel import Sentinel
 
 from . import embedded
+from .settings import closest
 
 DEFAULT_URL = "redis://127.0.0.1:6379/0"
 EMBEDDED = "embedded"
@@ -127,10 +130,32 @@ def url_problem(url: str) -> str | None:
     database = urlsplit(url).path.strip("/")
     if not url.startswith("unix://") and database and not database.isdigit():
         return f"the database is a number (redis://host:port/0), got {database!r}"
-    reqs = dict(parse_qsl(urlsplit(url).query)).get("ssl_cert_reqs")
+    options = dict(parse_qsl(urlsplit(url).query))
+    known = _query_options(tls=url.startswith("rediss://"))
+    for name in options:
+        if name not in known:
+            if name.startswith("ssl_") and not url.startswith("rediss://"):
+                return f"{name} is a TLS option: use a rediss:// URL"
+            hint = closest(name, sorted(known))
+            return f"unknown option {name!r}" + (f"; did you mean {hint!r}?" if hint else "")
+    reqs = options.get("ssl_cert_reqs")
     if reqs is not None and reqs not in _CERT_REQS:
         return f"ssl_cert_reqs is one of {', '.join(_CERT_REQS)}"
     return None
+
+
+@cache
+def _query_options(tls: bool) -> frozenset[str]:
+    """The query options redis-py hands to its connections and pool (a typo there would
+    only fail in every child, at connect time, as an unexpected keyword)."""
+    classes: list[type] = [redis.connection.AbstractConnection, redis.connection.Connection,
+                           redis.connection.UnixDomainSocketConnection,
+                           redis.connection.ConnectionPool]
+    if tls:
+        classes.append(redis.connection.SSLConnection)
+    names = {name for cls in classes for name in inspect.signature(cls).parameters}
+    return frozenset((names | set(redis.connection.URL_QUERY_ARGUMENT_PARSERS))
+                     - {"self", "args", "kwargs"})
 
 
 _SECRET_OPTIONS = ("password", "sentinel_password")

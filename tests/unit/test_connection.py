@@ -53,6 +53,8 @@ def test_a_sentinel_url_is_parsed_completely() -> None:
     ("redis+sentinel://h/m?sentinel_pasword=x", "unknown option 'sentinel_pasword'"),
     ("redis+sentinel://:secret@h/m?ssl_cert_reqs=maybe", "ssl_cert_reqs is one of"),
     ("rediss://h/0?ssl_cert_reqs=maybe", "ssl_cert_reqs is one of"),
+    ("rediss://:secret@h/0?ssl_ca_cert=/ca.crt", "did you mean 'ssl_ca_certs'?"),
+    ("redis://:secret@h/0?ssl_ca_certs=/ca.crt", "a TLS option: use a rediss:// URL"),
     ("http://:secret@h/0", "must start with redis://"),
 ])
 def test_url_problems_are_named_without_the_password(url: str, problem: str) -> None:
@@ -62,6 +64,8 @@ def test_url_problems_are_named_without_the_password(url: str, problem: str) -> 
 
 def test_valid_urls_of_every_form() -> None:
     for url in ("redis://h:1/0", "rediss://u:p@h:1/0?ssl_cert_reqs=required&ssl_ca_certs=/c",
+                "redis://h/0?socket_timeout=5&health_check_interval=10&protocol=3",
+                "rediss://h/0?ssl_certfile=/a&ssl_keyfile=/b&ssl_check_hostname=false",
                 "unix:///run/r.sock?db=1", "redis+sentinel://:p@a:1,b:2/m/0?ssl=1"):
         assert url_problem(url) is None, url
 
