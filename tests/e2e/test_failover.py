@@ -26,6 +26,7 @@ from pathlib import Path
 import redis
 
 from bananas_prefork import App
+from tests.e2e.test_cli import run as cli
 from tests.helpers import wait_until
 from tests.masters import MasterFactory, MasterProcess, toml
 from tests.servers import SentinelCluster
@@ -186,6 +187,11 @@ def test_failover_and_primary_kill_under_load(sentinel_cluster: SentinelCluster,
                 for ack in (0, 1)]
         failover_at, kill_at = _faults(sentinel_cluster)
         outcomes = [run.finish(failover_at, kill_at) for run in runs]
+        # the command line follows the primary too
+        status = cli("status", "--json", "--redis", sentinel_cluster.url(), "--namespace",
+                     f"{namespace}f1", cwd=tmp_path)
+        assert status.returncode == 0, status.stderr
+        assert [n["pid"] for n in json.loads(status.stdout)["nodes"]] == [runs[1].master.pid]
     finally:
         for master in factory.started:
             master.stop()
