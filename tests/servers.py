@@ -11,7 +11,9 @@ from __future__ import annotations
 import os
 import subprocess
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 import redis
@@ -20,6 +22,34 @@ from bananas_prefork.core.embedded import RedisServer, find_redis_server, free_p
 from tests.helpers import wait_until
 
 SERVICE = "mymaster"
+
+
+@dataclass(frozen=True)
+class Secured:
+    """TLS with client certificates everywhere, and passwords on the servers and on the
+    Sentinels (the Sentinels' own differ from the servers')."""
+
+    certs: Certificates
+    password: str = "data-pw-3b1"
+    sentinel_password: str = "sentinel-pw-9c2"
+
+    def tls_config(self) -> str:
+        """TLS only, for incoming connections and those a server or Sentinel opens."""
+        return (f"tls-cert-file {self.certs.path('server.crt')}\n"
+                f"tls-key-file {self.certs.path('server.key')}\n"
+                f"tls-ca-cert-file {self.certs.path('ca.crt')}\n"
+                "tls-auth-clients yes\ntls-replication yes\n")
+
+    def tls_kwargs(self) -> dict[str, Any]:
+        return {"ssl": True, "ssl_ca_certs": self.certs.path("ca.crt"),
+                "ssl_certfile": self.certs.path("client.crt"),
+                "ssl_keyfile": self.certs.path("client.key")}
+
+    def query(self) -> str:
+        return (f"sentinel_password={self.sentinel_password}&ssl=true"
+                f"&ssl_ca_certs={self.certs.path('ca.crt')}"
+                f"&ssl_certfile={self.certs.path('client.crt')}"
+                f"&ssl_keyfile={self.certs.path('client.key')}")
 
 
 def _binary() -> str:
@@ -31,22 +61,30 @@ def _binary() -> str:
 class SentinelProcess:
     """``redis-server sentinel.conf --sentinel``: Sentinel needs a file it can rewrite."""
 
-    def __init__(self, directory: Path, primary_port: int, quorum: int = 2) -> None:
+    def __init__(self, directory: Path, primary_port: int, quorum: int = 2,
+                 secured: Secured | None = None) -> None:
         directory.mkdir(parents=True, exist_ok=True)
         self.port = free_port()
         self.config = directory / "sentinel.conf"
+        listen = f"port 0\ntls-port {self.port}\n{secured.tls_config()}" if secured \
+            else f"port {self.port}\n"
+        auth = (f"requirepass {secured.sentinel_password}\n"
+                f"sentinel sentinel-pass {secured.sentinel_password}\n"
+                f"sentinel auth-pass {SERVICE} {secured.password}\n") if secured else ""
         self.config.write_text(
-            f"port {self.port}\nbind 127.0.0.1\ndir {directory}\n"
+            f"{listen}bind 127.0.0.1\ndir {directory}\n"
             f"logfile {directory / 'sentinel.log'}\n"
             f"sentinel monitor {SERVICE} 127.0.0.1 {primary_port} {quorum}\n"
             f"sentinel down-after-milliseconds {SERVICE} 2000\n"
             f"sentinel failover-timeout {SERVICE} 4000\n"
-            f"sentinel parallel-syncs {SERVICE} 1\n")
+            f"sentinel parallel-syncs {SERVICE} 1\n{auth}")
         self.process = subprocess.Popen([_binary(), str(self.config), "--sentinel"],
                                         stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                                         stderr=subprocess.DEVNULL, start_new_session=True)
+        extra = {**secured.tls_kwargs(), "password": secured.sentinel_password} \
+            if secured else {}
         self.client = redis.Redis(port=self.port, decode_responses=True,
-                                  socket_timeout=2.0)
+                                  socket_timeout=2.0, **extra)
         wait_until(self._answers, timeout=10, interval=0.05, message="a sentinel to answer")
 
     def _answers(self) -> bool:
@@ -69,25 +107,35 @@ class SentinelCluster:
     short test, slow enough that a busy 2-core machine does not fail over twice.
     """
 
-    def __init__(self, directory: Path) -> None:
+    def __init__(self, directory: Path, secured: Secured | None = None) -> None:
+        self.secured = secured
         self.servers: list[RedisServer] = []
-        primary = RedisServer(directory / "a", binary=_binary(), port=free_port()).start()
+        primary = self._server(directory / "a", "").start()
         self.servers.append(primary)
-        replica = RedisServer(directory / "b", binary=_binary(), port=free_port(),
-                              extra_config=f"replicaof 127.0.0.1 {primary.port}\n").start()
+        replica = self._server(directory / "b", f"replicaof 127.0.0.1 {primary.port}\n").start()
         self.servers.append(replica)
-        admin = redis.Redis(port=primary.port)
-        wait_until(lambda: admin.info("replication")["connected_slaves"] == 1
-                   and self._replica_synced(replica), timeout=15, message="the replica")
-        admin.close()
-        self.sentinels = [SentinelProcess(directory / f"s{i}", int(primary.port or 0))
-                          for i in range(3)]
+        wait_until(lambda: self._replica_synced(replica), timeout=15, message="the replica")
+        self.sentinels = [SentinelProcess(directory / f"s{i}", int(primary.port or 0),
+                                          secured=secured) for i in range(3)]
         wait_until(self._sentinels_know_everyone, timeout=20, interval=0.1,
                    message="the sentinels to find each other and the replica")
 
-    @staticmethod
-    def _replica_synced(server: RedisServer) -> bool:
-        with redis.Redis(port=server.port, decode_responses=True) as client:
+    def _server(self, directory: Path, config: str) -> RedisServer:
+        if self.secured is None:
+            return RedisServer(directory, binary=_binary(), port=free_port(),
+                               extra_config=config)
+        server = TlsRedis(directory, self.secured.certs, password=self.secured.password)
+        server.extra_config = config + f"masterauth {self.secured.password}\n"
+        return server
+
+    def admin(self, port: int) -> redis.Redis:
+        """A client of one data server (TLS and password when secured)."""
+        extra = {**self.secured.tls_kwargs(), "password": self.secured.password} \
+            if self.secured else {}
+        return redis.Redis(port=port, decode_responses=True, socket_timeout=1, **extra)
+
+    def _replica_synced(self, server: RedisServer) -> bool:
+        with self.admin(int(server.port or 0)) as client:
             return client.info("replication").get("master_link_status") == "up"
 
     def _sentinels_know_everyone(self) -> bool:
@@ -97,9 +145,12 @@ class SentinelCluster:
                 return False
         return True
 
-    def url(self, query: str = "") -> str:
+    def url(self) -> str:
         hosts = ",".join(f"127.0.0.1:{s.port}" for s in self.sentinels)
-        return f"redis+sentinel://{hosts}/{SERVICE}/0" + (f"?{query}" if query else "")
+        if self.secured is None:
+            return f"redis+sentinel://{hosts}/{SERVICE}/0"
+        return (f"redis+sentinel://:{self.secured.password}@{hosts}/{SERVICE}/0?"
+                + self.secured.query())
 
     def primary_port(self) -> int:
         _, port = self.sentinels[0].client.sentinel_get_master_addr_by_name(SERVICE)
@@ -120,7 +171,7 @@ class SentinelCluster:
         after about 8 s; until then clients still connected to it write there."""
         def demoted() -> bool:
             try:
-                with redis.Redis(port=old, decode_responses=True, socket_timeout=1) as client:
+                with self.admin(old) as client:
                     info = client.info("replication")
             except redis.RedisError:
                 return False
@@ -139,10 +190,9 @@ class SentinelCluster:
 
         return wait_until(moved, timeout=timeout, interval=0.05, message="a new primary")
 
-    @staticmethod
-    def _writable(port: int) -> bool:
+    def _writable(self, port: int) -> bool:
         try:
-            with redis.Redis(port=port, decode_responses=True, socket_timeout=1) as client:
+            with self.admin(port) as client:
                 return client.info("replication")["role"] == "master"
         except redis.RedisError:
             return False
@@ -150,7 +200,7 @@ class SentinelCluster:
     def replicas_up(self, primary: int) -> bool:
         """Whether the primary has a replica with a live link again."""
         try:
-            with redis.Redis(port=primary, decode_responses=True, socket_timeout=1) as client:
+            with self.admin(primary) as client:
                 info = client.info("replication")
         except redis.RedisError:
             return False
@@ -204,22 +254,20 @@ class Certificates:
 
 
 class TlsRedis(RedisServer):
-    """A redis-server that speaks TLS only and wants a client certificate."""
+    """A redis-server that speaks TLS only (replication too) and wants a client
+    certificate."""
 
-    def __init__(self, directory: Path, certs: Certificates) -> None:
-        super().__init__(directory, binary=_binary(), port=free_port())
+    def __init__(self, directory: Path, certs: Certificates, password: str | None = None) -> None:
+        super().__init__(directory, binary=_binary(), port=free_port(), password=password)
         self.certs = certs
 
     def config(self) -> str:
         plain = super().config().replace(f"port {self.port}\n", "port 0\n")
-        return plain + (f"tls-port {self.port}\n"
-                        f"tls-cert-file {self.certs.path('server.crt')}\n"
-                        f"tls-key-file {self.certs.path('server.key')}\n"
-                        f"tls-ca-cert-file {self.certs.path('ca.crt')}\n"
-                        "tls-auth-clients yes\n")
+        return plain + f"tls-port {self.port}\n" + Secured(self.certs).tls_config()
 
     def tls_url(self, ca: str = "ca.crt") -> str:
-        return (f"rediss://127.0.0.1:{self.port}/0?ssl_ca_certs={self.certs.path(ca)}"
+        auth = f":{self.password}@" if self.password else ""
+        return (f"rediss://{auth}127.0.0.1:{self.port}/0?ssl_ca_certs={self.certs.path(ca)}"
                 f"&ssl_certfile={self.certs.path('client.crt')}"
                 f"&ssl_keyfile={self.certs.path('client.key')}")
 

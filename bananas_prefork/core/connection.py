@@ -25,7 +25,7 @@ from typing import Any
 from urllib.parse import parse_qsl, unquote, urlsplit
 
 import redis
-from redis.backoff import ExponentialWithJitterBackoff
+from redis.backoff import ExponentialWithJitterBackoff, NoBackoff
 from redis.retry import Retry
 from redis.sentinel import Sentinel
 
@@ -212,8 +212,12 @@ def connect(url: str, *, max_connections: int | None = None,
 def _sentinel_client(parsed: SentinelUrl, common: dict[str, Any]) -> redis.Redis:
     """The primary of ``parsed.service``; its pool asks the Sentinels on every new connection."""
     tls = parsed.tls
+    # One try per Sentinel and question: discovery asks the next one anyway, and
+    # redis-py's default (retries with a backoff of seconds, per Sentinel, inside every
+    # reconnect) would hold a refused password for minutes instead of one line.
     sentinel = Sentinel(list(parsed.sentinels), sentinel_kwargs=dict(
         socket_connect_timeout=common["socket_connect_timeout"], socket_timeout=5.0,
+        retry=Retry(NoBackoff(), retries=0),
         username=parsed.option("sentinel_username"),
         password=parsed.option("sentinel_password"), **tls))
     client: redis.Redis = sentinel.master_for(

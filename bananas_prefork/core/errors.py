@@ -17,10 +17,12 @@ silently smaller.
 from __future__ import annotations
 
 import logging
+import re
 import ssl
 import threading
 
 import redis
+from redis.sentinel import MasterNotFoundError
 
 
 class RedisRefused(Exception):
@@ -63,7 +65,10 @@ _PASSING_TLS_FAILURES = (ssl.SSLEOFError, ssl.SSLZeroReturnError, ssl.SSLSyscall
 
 def misconfigured_connection(exc: BaseException) -> bool:
     """A connection refused by the configuration, not the network: a server certificate
-    the CA does not vouch for, a client certificate refused or a key file missing."""
+    the CA does not vouch for, a client certificate refused, a key file missing, a
+    Sentinel password refused."""
+    if isinstance(exc, MasterNotFoundError) and "AuthenticationError" in str(exc):
+        return True  # a Sentinel refused our sentinel_password
     cause = exc.__cause__ or exc.__context__
     if isinstance(cause, FileNotFoundError | PermissionError | IsADirectoryError):
         return True
@@ -84,7 +89,16 @@ def is_transient(exc: BaseException) -> bool:
 def describe(exc: BaseException) -> str:
     """One line for a log or an alert: the class and the server's words."""
     text = " ".join(str(exc).split())
+    if isinstance(exc, MasterNotFoundError):
+        text = _sentinels_said(text)
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+def _sentinels_said(text: str) -> str:
+    """redis-py lists every Sentinel's client repr in this error: keep what each said."""
+    head, _, rest = text.partition(" : ")
+    said = sorted(set(re.findall(r">\)>\)> - ([^,]+)", rest)))
+    return f"{head} (the Sentinels: {'; '.join(said)})" if said else head
 
 
 class OnceLog:

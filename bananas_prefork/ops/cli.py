@@ -22,6 +22,7 @@ from ..core import config as config_module
 from ..core import logs
 from ..core.config import ConfigError, Deployment
 from ..core.connection import redact
+from ..core.errors import describe
 from ..supervisor import loader
 
 cli = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
@@ -262,7 +263,7 @@ def enqueue(
     except ValueError as exc:
         fail(exc, 2)
     except redis.RedisError as exc:
-        fail(f"cannot reach Redis at {redact(app.redis_url)}: {exc}", 1)
+        fail(f"cannot reach Redis at {redact(app.redis_url)}: {describe(exc)}", 1)
     typer.echo(job_id)
 
 
@@ -293,7 +294,7 @@ def _broker_or_fail(app: Any) -> Any:
     except RedisUnavailable as exc:
         fail(exc, 1)
     except redis.RedisError as exc:
-        fail(f"cannot reach Redis at {redact(app.redis_url)}: {exc}", 1)
+        fail(f"cannot reach Redis at {redact(app.redis_url)}: {describe(exc)}", 1)
     return app.broker
 
 
@@ -542,8 +543,6 @@ def _hide_passwords_from_ps() -> None:
 def main() -> None:
     """Console-script entry point: a Redis error met mid-command is one line, not a
     traceback (a missing ACL permission names the command)."""
-    from ..core.errors import describe
-
     _hide_passwords_from_ps()
     try:
         cli()

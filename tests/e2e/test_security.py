@@ -16,7 +16,7 @@ from bananas_prefork.core.embedded import RedisServer
 from tests.e2e.test_cli import one_line_error, run
 from tests.helpers import wait_until
 from tests.masters import MasterFactory, MasterProcess, toml
-from tests.servers import TlsRedis
+from tests.servers import Certificates, Secured, SentinelCluster, TlsRedis
 
 POOL = "[pools.default]\nconcurrency = 2\nthreads = 1\n"
 PASSWORD = "pw-never-printed-7f3a"
@@ -167,3 +167,51 @@ def test_start_without_a_needed_permission_exits_with_one_line(
     refusals = [line for line in log.splitlines() if "cannot use Redis" in line]
     assert len(refusals) == 1 and "'script|load'" in refusals[0] and "Traceback" not in log
     assert PASSWORD not in log
+
+
+# -- Sentinel, over TLS, with passwords ------------------------------------------------------
+
+
+@pytest.fixture
+def secured_cluster(tmp_path_factory: pytest.TempPathFactory,
+                    certificates: Certificates) -> Iterator[SentinelCluster]:
+    """Primary, replica and Sentinels all TLS-only with client certificates; the servers
+    and the Sentinels each with a password of their own."""
+    cluster = SentinelCluster(tmp_path_factory.mktemp("secured"), Secured(certificates))
+    try:
+        yield cluster
+    finally:
+        cluster.stop()
+
+
+def test_sentinel_over_tls_with_passwords_end_to_end(secured_cluster: SentinelCluster,
+                                                     factory: MasterFactory, tmp_path: Path,
+                                                     namespace: str) -> None:
+    url = secured_cluster.url()
+    secured = secured_cluster.secured
+    assert secured is not None
+    master = start(factory, url, toml(POOL, namespace=namespace))
+    url_file = tmp_path / "redis-url"
+    url_file.write_text(url)
+    enqueued = run("enqueue", "record", "--redis-file", str(url_file), "--namespace",
+                   namespace, cwd=tmp_path)
+    assert enqueued.returncode == 0, enqueued.stderr
+    app = App(url, namespace=namespace)
+    wait_until(lambda: app.job(enqueued.stdout.strip()).state == "succeeded")  # type: ignore[union-attr]
+
+    secured_cluster.failover()  # everyone follows, over TLS, logging in again
+    fresh = App(url, namespace=namespace)  # asks the Sentinels now (old ones may lag ~8 s)
+    after = fresh.enqueue("record", args=["after"])
+    wait_until(lambda: getattr(fresh.job(after), "state", None) == "succeeded", timeout=30)
+    status = run("status", "--json", "--namespace", namespace, cwd=tmp_path,
+                 env={"BANANAS_REDIS_URL_FILE": str(url_file)})
+    assert [n["pid"] for n in json.loads(status.stdout)["nodes"]] == [master.pid]
+    for secret in (secured.password, secured.sentinel_password):
+        assert secret not in master.read_log() + status.stdout + status.stderr
+
+    wrong = url.replace(secured.sentinel_password, "not-the-sentinel-password")
+    one_line_error(run("status", "--redis", wrong, cwd=tmp_path), 1,
+                   "No master found for 'mymaster'", "AuthenticationError")
+    refused = start(factory, wrong, toml(POOL, namespace=namespace), wait_ready=False)
+    assert refused.wait_exit(30) == 1
+    assert "cannot use Redis at redis+sentinel://:***@" in refused.read_log()
