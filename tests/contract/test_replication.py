@@ -9,6 +9,7 @@ import pytest
 import redis
 
 from bananas_prefork import App
+from bananas_prefork.core import broker
 from bananas_prefork.core.broker import NotReplicated, Settlement
 from bananas_prefork.core.embedded import RedisServer, free_port
 from bananas_prefork.core.errors import is_transient
@@ -18,6 +19,8 @@ from tests.helpers import wait_until
 @pytest.fixture
 def replica(private_redis: RedisServer, tmp_path: Path) -> Iterator[RedisServer]:
     """A replica of ``private_redis``, linked and in sync."""
+    with redis.Redis(port=private_redis.port) as admin:  # sync now, not after 5 s
+        admin.config_set("repl-diskless-sync-delay", 0)
     server = RedisServer(tmp_path / "replica", port=free_port(), appendonly=False,
                          extra_config=f"replicaof 127.0.0.1 {private_redis.port}\n",
                          binary=private_redis.binary).start()
@@ -45,10 +48,11 @@ def test_with_min_replicas_ack_an_enqueue_returns_once_a_replica_has_it(
     channel.close()
 
 
-def test_without_a_replica_the_write_is_not_acknowledged(private_redis: RedisServer,
-                                                         namespace: str) -> None:
+def test_without_a_replica_the_write_is_not_acknowledged(
+        private_redis: RedisServer, namespace: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(broker, "REPLICA_ACK_TIMEOUT_MS", 100)  # 5 tries of 0.1 s, not 1 s
     app = App(private_redis.url, namespace=namespace, min_replicas_ack=1)
-    with pytest.raises(NotReplicated, match="0 of 1 replica") as raised:
+    with pytest.raises(NotReplicated, match=r"0 of 1 replica.* within 100 ms") as raised:
         app.enqueue("record")
     assert is_transient(raised.value)  # every loop retries it, idempotently
     assert isinstance(raised.value, redis.ConnectionError)
