@@ -18,7 +18,7 @@ from bananas_prefork import App
 from bananas_prefork.core.consumer import Consumer
 from bananas_prefork.core.embedded import RedisServer
 
-pytest_plugins = ("tests.masters",)
+pytest_plugins = ("tests.masters", "tests.servers")
 
 LAYERS = {
     "unit": "no Redis, no processes: rules and decisions, the operating system faked",

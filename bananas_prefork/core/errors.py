@@ -8,18 +8,27 @@ for the same arguments.
 
 *Permanent*: the same call will fail until a person acts (a missing ACL
 permission, a wrong password, a key of the wrong type, a bug in a script, a
-key on another cluster node). Log it once, show it in ``status``, and keep
-trying slowly: the fix is a configuration change away, and a loop that dies
-would leave its pool silently smaller.
+key on another cluster node, a TLS certificate the CA does not vouch for).
+Log it once, show it in ``status``, and keep trying slowly: the fix is a
+configuration change away, and a loop that dies would leave its pool
+silently smaller.
 """
 
 from __future__ import annotations
 
 import logging
 import random
+import re
+import ssl
 from collections.abc import Callable
 
 import redis
+from redis.sentinel import MasterNotFoundError
+
+
+class RedisRefused(Exception):
+    """Redis answers, but will not serve this process as configured (one line to show)."""
+
 
 log = logging.getLogger(__name__)
 
@@ -52,9 +61,29 @@ def error_code(exc: redis.RedisError) -> str:
     return code
 
 
+# A TLS handshake that fails this way fails the same way next time; a dropped
+# connection in the middle of one (EOF) does not.
+_PASSING_TLS_FAILURES = (ssl.SSLEOFError, ssl.SSLZeroReturnError, ssl.SSLSyscallError,
+                         ssl.SSLWantReadError, ssl.SSLWantWriteError)
+
+
+def misconfigured_connection(exc: BaseException) -> bool:
+    """A connection refused by the configuration, not the network: a server certificate
+    the CA does not vouch for, a client certificate refused, a key file missing, a
+    Sentinel password refused."""
+    if isinstance(exc, MasterNotFoundError) and "AuthenticationError" in str(exc):
+        return True  # a Sentinel refused our sentinel_password
+    cause = exc.__cause__ or exc.__context__
+    if isinstance(cause, FileNotFoundError | PermissionError | IsADirectoryError):
+        return True
+    return isinstance(cause, ssl.SSLError) and not isinstance(cause, _PASSING_TLS_FAILURES)
+
+
 def is_transient(exc: BaseException) -> bool:
     """Whether the same call may succeed if sent again a little later."""
     if not isinstance(exc, redis.RedisError) or isinstance(exc, _ALWAYS_PERMANENT):
+        return False
+    if isinstance(exc, redis.ConnectionError) and misconfigured_connection(exc):
         return False
     if isinstance(exc, _ALWAYS_TRANSIENT):
         return True
@@ -64,7 +93,16 @@ def is_transient(exc: BaseException) -> bool:
 def describe(exc: BaseException) -> str:
     """One line for a log or an alert: the class and the server's words."""
     text = " ".join(str(exc).split())
+    if isinstance(exc, MasterNotFoundError):
+        text = _sentinels_said(text)
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+def _sentinels_said(text: str) -> str:
+    """redis-py lists every Sentinel's client repr in this error: keep what each said."""
+    head, _, rest = text.partition(" : ")
+    said = sorted(set(re.findall(r">\)>\)> - ([^,]+)", rest)))
+    return f"{head} (the Sentinels: {'; '.join(said)})" if said else head
 
 
 TRANSIENT_BACKOFF = (0.1, 5.0)  # first wait, longest wait

@@ -91,6 +91,7 @@ class NodeStatus(TypedDict):
     config: str
     state: str  # starting | running | stopping, and "lost" as status shows a silent one
     reload_error: str | None
+    embedded_fallback: bool  # runs a private embedded Redis because none was configured
     scheduler: SchedulerStatus
     pools: list[PoolStatus]
     alerts: dict[str, float]  # the thresholds this master judges with

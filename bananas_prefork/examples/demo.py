@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import os
 import random
-import re
 import signal
 import sys
 import threading
@@ -28,6 +27,7 @@ from typing import Any, TextIO
 import redis
 
 from bananas_prefork.core.app import App
+from bananas_prefork.core.connection import redact
 from bananas_prefork.core.keys import PRIORITIES
 from bananas_prefork.examples.tasks import app as demo_app
 
@@ -126,11 +126,6 @@ def stop_on_signals(stop: threading.Event) -> Iterator[None]:
             signal.signal(signum, handler)
 
 
-def redacted(url: str) -> str:
-    """The URL fit to print: without its password."""
-    return re.sub(r"(://[^:/@]*:)[^@]*@", r"\1***@", url)
-
-
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="python -m bananas_prefork.examples.demo",
@@ -140,8 +135,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--duration", type=float, default=None,
                         help="seconds to run (default: until Ctrl-C or SIGTERM)")
     parser.add_argument("--redis", default=None, metavar="URL",
-                        help="Redis URL (default: BANANAS_REDIS_URL, REDIS_URL, then the "
-                             "local default)")
+                        help="Redis URL (default: BANANAS_REDIS_URL, BANANAS_REDIS_URL_FILE, "
+                             "REDIS_URL, then the local default); a URL with a password is "
+                             "better given in the environment, where ps does not show it")
     parser.add_argument("--namespace", default=os.environ.get("BANANAS_NAMESPACE", "bananas"),
                         help="key namespace (default: BANANAS_NAMESPACE, else bananas)")
     parser.add_argument("--seed", type=int, default=None,
@@ -157,14 +153,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     demo_app.configure(redis_url=args.redis, namespace=args.namespace)
     stop = threading.Event()
-    print(f"enqueueing {args.rate:g} jobs/s into {redacted(demo_app.redis_url)} "
+    print(f"enqueueing {args.rate:g} jobs/s into {redact(demo_app.redis_url)} "
           f"(namespace {demo_app.namespace}); Ctrl-C to stop", flush=True)
     started = time.monotonic()
     try:
         with stop_on_signals(stop):
             sent = run(demo_app, args.rate, args.duration, random.Random(args.seed), stop)
     except redis.RedisError as exc:
-        print(f"demo: cannot reach Redis at {redacted(demo_app.redis_url)}: {exc}",
+        print(f"demo: cannot reach Redis at {redact(demo_app.redis_url)}: {exc}",
               file=sys.stderr)
         return 1
     by_type = ", ".join(f"{name} {count}" for name, count in sent.most_common())

@@ -22,6 +22,7 @@ from ..core import config as config_module
 from ..core import logs
 from ..core.config import ConfigError, Deployment
 from ..core.connection import redact
+from ..core.errors import describe
 from ..core.text import literal, one_line
 from ..supervisor import loader
 
@@ -62,6 +63,7 @@ def start(
 ) -> None:
     """Run the master in the foreground (systemd Type=notify ready)."""
     from ..core.embedded import RedisUnavailable
+    from ..core.errors import RedisRefused
     from ..supervisor.master import Master, Service
     from ..supervisor.pidfile import PidfileError
     from .metrics import MetricsService
@@ -89,7 +91,7 @@ def start(
                       services=services).run()
     except ConfigError as exc:
         fail(exc, EXIT_USAGE)
-    except (PidfileError, RedisUnavailable) as exc:
+    except (PidfileError, RedisUnavailable, RedisRefused) as exc:
         fail(exc, EXIT_FAILURE)
     raise typer.Exit(code)
 
@@ -107,17 +109,17 @@ def check(file: Annotated[Path, typer.Argument(help="Deployment file (TOML).")])
         typer.echo(f"  {line}")
 
 
-def _signal_master(file: Path | None, signum: int, action: str) -> int:
-    from ..supervisor.pidfile import read_pid
+def _signal_master(file: Path | None, signum: int, action: str) -> Any:
+    """The master named by the pidfile, signalled (a psutil.Process)."""
+    from ..supervisor.pidfile import PidfileError, signal_master
 
     source, pidfile = _pidfile_of(file, lenient=signum == signal.SIGTERM)
     if not pidfile:
         fail(f"{source}: no pidfile is configured, so there is no master to {action}", EXIT_FAILURE)
-    pid = read_pid(pidfile)
-    if pid is None:
-        fail(f"no master is running ({pidfile} is missing or stale)", EXIT_FAILURE)
-    os.kill(pid, signum)
-    return pid
+    try:
+        return signal_master(pidfile, signum)
+    except PidfileError as exc:
+        fail(exc, EXIT_FAILURE)
 
 
 def _pidfile_of(file: Path | None, lenient: bool) -> tuple[str, str | None]:
@@ -158,8 +160,8 @@ def reload(
                                                       "application code (SIGUSR2).")] = False,
 ) -> None:
     """Reload the deployment file (SIGHUP), or the application code with --code."""
-    pid = _signal_master(file, signal.SIGUSR2 if code else signal.SIGHUP, "reload")
-    typer.echo(f"sent {'SIGUSR2' if code else 'SIGHUP'} to master {pid}")
+    master = _signal_master(file, signal.SIGUSR2 if code else signal.SIGHUP, "reload")
+    typer.echo(f"sent {'SIGUSR2' if code else 'SIGHUP'} to master {master.pid}")
 
 
 @cli.command()
@@ -168,12 +170,20 @@ def stop(
     wait: Annotated[bool, typer.Option(help="Wait until the master has exited.")] = False,
 ) -> None:
     """Stop the master gracefully (SIGTERM)."""
-    from ..supervisor.pidfile import is_master
-
-    pid = _signal_master(file, signal.SIGTERM, "stop")
-    typer.echo(f"sent SIGTERM to master {pid}")
-    while wait and is_master(pid):
+    master = _signal_master(file, signal.SIGTERM, "stop")
+    typer.echo(f"sent SIGTERM to master {master.pid}")
+    while wait and _alive(master):
         time.sleep(0.1)
+
+
+def _alive(process: Any) -> bool:
+    """Whether a psutil.Process still runs (a zombie has exited)."""
+    import psutil
+
+    try:
+        return bool(process.is_running() and process.status() != psutil.STATUS_ZOMBIE)
+    except psutil.Error:
+        return False
 
 
 def _json_arg(text: str | None, expected: type, option: str) -> Any:
@@ -188,12 +198,22 @@ def _json_arg(text: str | None, expected: type, option: str) -> Any:
     return value
 
 
-def _client_app(redis_url: str | None, namespace: str | None, file: Path | None) -> Any:
-    """An App for reading and writing jobs: --redis/--namespace, else the file, else the env."""
+def _client_app(redis_url: str | None, namespace: str | None, file: Path | None,
+                redis_file: Path | None = None) -> Any:
+    """An App for reading and writing jobs: --redis (or --redis-file)/--namespace, else the
+    deployment file, else the environment."""
     from ..core.app import App
-    from ..core.connection import EMBEDDED, resolve, url_problem
+    from ..core.connection import EMBEDDED, read_url_file, resolve, url_problem
     from ..core.embedded import RedisUnavailable, running_url
     from ..core.keys import namespace_problem
+
+    if redis_file is not None:
+        if redis_url is not None:
+            fail("give --redis or --redis-file, not both", EXIT_USAGE)
+        try:
+            redis_url = read_url_file(redis_file, "--redis-file")
+        except ValueError as exc:
+            fail(exc, EXIT_USAGE)
 
     for option, given, problem_of in (("--redis", redis_url, url_problem),
                                       ("--namespace", namespace, namespace_problem)):
@@ -220,7 +240,12 @@ def _client_app(redis_url: str | None, namespace: str | None, file: Path | None)
     return app
 
 
-RedisOpt = Annotated[str | None, typer.Option("--redis", help="Redis URL.")]
+RedisOpt = Annotated[str | None, typer.Option("--redis", help=(
+    "Redis URL (redis://, rediss://, unix:// or redis+sentinel://). It shows in ps: prefer "
+    "--redis-file or the environment for one with a password."))]
+RedisFileOpt = Annotated[Path | None, typer.Option(
+    "--redis-file", help="A file holding the Redis URL (keeps a password off the command "
+                         "line; BANANAS_REDIS_URL_FILE does the same).", show_default=False)]
 NamespaceOpt = Annotated[str | None, typer.Option(help="Key namespace.")]
 ConfigOpt = Annotated[Path | None, typer.Option("--config", help="Read Redis URL and "
                                                                  "namespace from this file.")]
@@ -235,6 +260,7 @@ def enqueue(
     delay: Annotated[str | None, typer.Option(help='Seconds or a duration ("1m").')] = None,
     job_id: Annotated[str | None, typer.Option("--job-id", help="Idempotency key.")] = None,
     redis_url: RedisOpt = None,
+    redis_file: RedisFileOpt = None,
     namespace: NamespaceOpt = None,
     config: ConfigOpt = None,
 ) -> None:
@@ -243,7 +269,7 @@ def enqueue(
     With --config (or BANANAS_APP) the app is imported so that the task's own
     defaults (priority, retries, timeout) apply, as they do for ``task.enqueue``.
     """
-    app = _client_app(redis_url, namespace, config)
+    app = _client_app(redis_url, namespace, config, redis_file)
     _learn_tasks(app, config)
     call_args = _json_arg(args, list, "--args")
     call_kwargs = _json_arg(kwargs, dict, "--kwargs")
@@ -254,7 +280,7 @@ def enqueue(
     except ValueError as exc:
         fail(exc, EXIT_USAGE)
     except redis.RedisError as exc:
-        fail(f"cannot reach Redis at {redact(app.redis_url)}: {exc}", EXIT_FAILURE)
+        fail(f"cannot reach Redis at {redact(app.redis_url)}: {describe(exc)}", EXIT_FAILURE)
     typer.echo(job_id)
 
 
@@ -285,7 +311,7 @@ def _broker_or_fail(app: Any) -> Any:
     except RedisUnavailable as exc:
         fail(exc, EXIT_FAILURE)
     except redis.RedisError as exc:
-        fail(f"cannot reach Redis at {redact(app.redis_url)}: {exc}", EXIT_FAILURE)
+        fail(f"cannot reach Redis at {redact(app.redis_url)}: {describe(exc)}", EXIT_FAILURE)
     return app.broker
 
 
@@ -293,6 +319,7 @@ def _broker_or_fail(app: Any) -> Any:
 def status(
     file: FileArg = None,
     redis_url: RedisOpt = None,
+    redis_file: RedisFileOpt = None,
     namespace: NamespaceOpt = None,
     as_json: JsonOpt = False,
     watch: Annotated[bool, typer.Option("--watch", help="Refresh in place.")] = False,
@@ -311,7 +338,7 @@ def status(
     from .status_view import watch as watch_live
 
     alerts = load_deployment(file).alerts if file else None  # None: what the masters run
-    broker = _broker_or_fail(_client_app(redis_url, namespace, file))
+    broker = _broker_or_fail(_client_app(redis_url, namespace, file, redis_file))
     try:
         if watch and not as_json:
             watch_live(Console(), lambda: gather(broker, alerts), interval, processes)
@@ -375,13 +402,14 @@ def dashboard(
 def job(
     job_id: Annotated[str, typer.Argument(help="Job id.")],
     redis_url: RedisOpt = None,
+    redis_file: RedisFileOpt = None,
     namespace: NamespaceOpt = None,
     config: ConfigOpt = None,
     as_json: JsonOpt = False,
     show_args: ShowArgsOpt = False,
 ) -> None:
     """One job: state, attempts, error, traceback, result."""
-    broker = _broker_or_fail(_client_app(redis_url, namespace, config))
+    broker = _broker_or_fail(_client_app(redis_url, namespace, config, redis_file))
     info = broker.job_info(job_id)
     if info is None:
         fail(f"no job {one_line(repr(job_id))} (unknown, or its record expired)", EXIT_FAILURE)
@@ -408,13 +436,14 @@ cli.add_typer(dead_cli, name="dead")
 def dead_list(
     limit: Annotated[int, typer.Option(help="Most recent first, at most this many.")] = 50,
     redis_url: RedisOpt = None,
+    redis_file: RedisFileOpt = None,
     namespace: NamespaceOpt = None,
     config: ConfigOpt = None,
     as_json: JsonOpt = False,
     show_args: ShowArgsOpt = False,
 ) -> None:
     """List dead jobs with their errors."""
-    broker = _broker_or_fail(_client_app(redis_url, namespace, config))
+    broker = _broker_or_fail(_client_app(redis_url, namespace, config, redis_file))
     jobs = broker.dead_jobs(limit)
     if as_json:
         typer.echo(json.dumps([j.as_dict(with_args=show_args) for j in jobs], indent=2))
@@ -438,6 +467,7 @@ def dead_retry(
     job_ids: Annotated[list[str] | None, typer.Argument(help="Dead job ids.")] = None,
     all_jobs: Annotated[bool, typer.Option("--all", help="Every dead job.")] = False,
     redis_url: RedisOpt = None,
+    redis_file: RedisFileOpt = None,
     namespace: NamespaceOpt = None,
     config: ConfigOpt = None,
     as_json: JsonOpt = False,
@@ -445,7 +475,7 @@ def dead_retry(
     """Send dead jobs back to their queues with a fresh retry budget."""
     if not job_ids and not all_jobs:
         fail("give job ids, or --all", EXIT_USAGE)
-    broker = _broker_or_fail(_client_app(redis_url, namespace, config))
+    broker = _broker_or_fail(_client_app(redis_url, namespace, config, redis_file))
     ids = broker.dead_ids() if all_jobs else list(job_ids or [])
     count = broker.requeue_dead(ids)
     if as_json:
@@ -459,12 +489,13 @@ def dead_retry(
 @dead_cli.command("purge")
 def dead_purge(
     redis_url: RedisOpt = None,
+    redis_file: RedisFileOpt = None,
     namespace: NamespaceOpt = None,
     config: ConfigOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Delete every dead job and its record."""
-    broker = _broker_or_fail(_client_app(redis_url, namespace, config))
+    broker = _broker_or_fail(_client_app(redis_url, namespace, config, redis_file))
     count = broker.remove_dead(broker.dead_ids())
     typer.echo(json.dumps({"purged": count}) if as_json else f"purged {count} dead job(s)")
 
@@ -487,6 +518,29 @@ def demo(
     raise typer.Exit(DemoRunner(rate, duration, config).run())
 
 
+@cli.command()
+def acl(
+    namespace: Annotated[str | None, typer.Option(
+        help="Key namespace (default: BANANAS_NAMESPACE, else bananas).",
+        show_default=False)] = None,
+    user: Annotated[str, typer.Option(help="The ACL user's name.")] = "bananas",
+) -> None:
+    """Print the minimal Redis ACL rule for a namespace: its keys, the commands used.
+
+    Run it in redis-cli (or as a line of an ACL file), then give the user a
+    password: ACL SETUSER NAME >password.
+    """
+    from ..core.keys import namespace_problem
+    from .acl import rule
+
+    namespace = namespace or os.environ.get("BANANAS_NAMESPACE") or "bananas"
+    if problem := namespace_problem(namespace):
+        fail(f"--namespace: {problem}", EXIT_USAGE)
+    if not re.fullmatch(r"[A-Za-z0-9_.@-]{1,64}", user):
+        fail("--user: letters, digits and . _ @ - (at most 64)", EXIT_USAGE)
+    typer.echo(rule(namespace, user))
+
+
 periodic_cli = typer.Typer(no_args_is_help=True, help="The periodic schedule in Redis.")
 cli.add_typer(periodic_cli, name="periodic")
 
@@ -494,6 +548,7 @@ cli.add_typer(periodic_cli, name="periodic")
 @periodic_cli.command("list")
 def periodic_list(
     redis_url: RedisOpt = None,
+    redis_file: RedisFileOpt = None,
     namespace: NamespaceOpt = None,
     config: ConfigOpt = None,
     as_json: JsonOpt = False,
@@ -501,7 +556,8 @@ def periodic_list(
     """Every registered entry: schedule, next tick, which masters declare it."""
     from ..core import periodic
 
-    entries = periodic.listing(_broker_or_fail(_client_app(redis_url, namespace, config)))
+    broker = _broker_or_fail(_client_app(redis_url, namespace, config, redis_file))
+    entries = periodic.listing(broker)
     if as_json:
         typer.echo(json.dumps(entries, indent=2))
         return
@@ -522,20 +578,39 @@ def periodic_list(
 def periodic_remove(
     name: Annotated[str, typer.Argument(help="Entry name.")],
     redis_url: RedisOpt = None,
+    redis_file: RedisFileOpt = None,
     namespace: NamespaceOpt = None,
     config: ConfigOpt = None,
 ) -> None:
     """Take an entry out of the schedule (masters that still declare it add it back)."""
     from ..core import periodic
 
-    if not periodic.remove(_broker_or_fail(_client_app(redis_url, namespace, config)), name):
+    broker = _broker_or_fail(_client_app(redis_url, namespace, config, redis_file))
+    if not periodic.remove(broker, name):
         fail(f"no periodic entry {name!r}", EXIT_FAILURE)
     typer.echo(f"removed periodic entry {name!r}")
 
 
+def _hide_passwords_from_ps() -> None:
+    """A URL given on the command line shows in ps for as long as the command runs
+    (``status --watch`` for days): rewrite our title with its password redacted."""
+    from setproctitle import setproctitle
+
+    from ..core.connection import redact
+
+    shown = [redact(arg) if "://" in arg else arg for arg in sys.argv]
+    if shown != sys.argv:
+        setproctitle(" ".join(["bananas-prefork", *shown[1:]]))
+
+
 def main() -> None:
-    """Console-script entry point."""
+    """Console-script entry point: a Redis error met mid-command is one line, not a
+    traceback (a missing ACL permission names the command)."""
+    _hide_passwords_from_ps()
     try:
         cli()
     except KeyboardInterrupt:
         sys.exit(EXIT_INTERRUPTED)
+    except redis.RedisError as exc:
+        typer.echo(f"bananas-prefork: redis: {describe(exc)}", err=True)
+        sys.exit(EXIT_FAILURE)

@@ -19,9 +19,9 @@ import redis
 from rich.console import Console
 
 from ..core.app import App
-from ..core.config import ConfigError, load_file
-from ..core.connection import resolve
-from ..core.embedded import RedisUnavailable, answers
+from ..core.config import ConfigError, Deployment, load_file
+from ..core.connection import DEFAULT_URL, EMBEDDED, environment_url, resolve
+from ..core.embedded import RedisUnavailable, refused
 from .status import gather
 from .status_view import render, watch
 
@@ -44,18 +44,20 @@ class DemoRunner:
         except ConfigError as exc:
             self.console.print(f"[red]bananas-prefork: {exc}[/red]")
             return 2
-        self.data_dir.mkdir(exist_ok=True)
+        self.data_dir.mkdir(mode=0o700, exist_ok=True)
         log_path = self.data_dir / "demo-master.log"
         with open(log_path, "ab") as log:
             master = self._spawn([sys.executable, "-m", "bananas_prefork", "start",
-                                  str(self.config)], log)
+                                  str(self.config)], log, self._master_environment(deployment))
             try:
                 app = self._wait_until_up(master, deployment.namespace, log_path)
                 if app is None:
                     return 1
+                # The URL (and its password) goes in the environment, never on argv: ps
+                # shows every process's command line to every user of the machine.
                 load = self._spawn([sys.executable, "-m", "bananas_prefork.examples.demo",
-                                    "--rate", str(self.rate), "--redis", app.redis_url,
-                                    "--namespace", app.namespace], log)
+                                    "--rate", str(self.rate), "--namespace", app.namespace],
+                                   log, dict(os.environ, BANANAS_REDIS_URL=app.redis_url))
                 self._show(app, load)
             except KeyboardInterrupt:
                 pass
@@ -64,11 +66,22 @@ class DemoRunner:
         self.console.print(f"stopped; the master's log is in {log_path}")
         return 0
 
-    def _spawn(self, argv: list[str], log: IO[bytes]) -> subprocess.Popen[bytes]:
+    def _spawn(self, argv: list[str], log: IO[bytes],
+               env: dict[str, str]) -> subprocess.Popen[bytes]:
         proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT,
-                                start_new_session=True)
+                                start_new_session=True, env=env)
         self.procs.append(proc)
         return proc
+
+    @staticmethod
+    def _master_environment(deployment: Deployment) -> dict[str, str]:
+        """The demo's own choice of Redis: the configured one, else the local one, else an
+        embedded one asked for by name (the master's first-run fallback is not needed)."""
+        env = dict(os.environ)
+        if deployment.redis_url is None and environment_url() is None \
+                and refused(DEFAULT_URL):
+            env["BANANAS_REDIS_URL"] = EMBEDDED
+        return env
 
     def _wait_until_up(self, master: subprocess.Popen[bytes], namespace: str | None,
                        log_path: Path) -> App | None:
@@ -81,16 +94,11 @@ class DemoRunner:
                                    f"{log_path.read_text(errors='replace')[-3000:]}")
                 return None
             try:
-                url = resolve()
-            except RedisUnavailable:  # the master has not started its embedded Redis yet
-                url = ""
-            if url and answers(url):
-                app = App(url, namespace=namespace)
-                try:
-                    if any(n["pid"] == master.pid for n in gather(app.broker)["nodes"]):
-                        return app
-                except redis.RedisError:
-                    pass
+                app = App(resolve(), namespace=namespace)
+                if any(n["pid"] == master.pid for n in gather(app.broker)["nodes"]):
+                    return app
+            except (RedisUnavailable, redis.RedisError):  # not up yet
+                pass
             time.sleep(0.2)
         self.console.print("[red]the master did not come up in time[/red]")
         return None

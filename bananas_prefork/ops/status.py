@@ -193,6 +193,10 @@ def _node_alerts(node: NodeStatus, now: float, thresholds: AlertsConfig) -> list
     alerts = [Alert("redis_refusal", f"{where}/{refusal['child']}: Redis refuses "
                                      f"{refusal['where']}: {refusal['error']}")
               for refusal in node.get("redis_refusals", [])]
+    if node.get("embedded_fallback"):
+        alerts.append(Alert("embedded_fallback", f"{where}: no redis_url configured, so it runs "
+                                                 "a private embedded Redis: producers using "
+                                                 "another Redis are not served", "warning"))
     if node.get("reload_error"):
         alerts.append(Alert("reload_failed", f"{where}: last reload failed: "
                                              f"{node['reload_error']}", "warning"))

@@ -286,7 +286,8 @@ def configure_app(app: App, deployment: Deployment) -> None:
     """The deployment's connection and retention settings win over the App's own."""
     app.configure(redis_url=deployment.redis_url, namespace=deployment.namespace,
                   owner_ttl=deployment.owner_ttl, result_ttl=deployment.result_ttl,
-                  dead_ttl=deployment.dead_ttl, max_redeliveries=deployment.max_redeliveries)
+                  dead_ttl=deployment.dead_ttl, max_redeliveries=deployment.max_redeliveries,
+                  min_replicas_ack=deployment.min_replicas_ack)
 
 
 class _ScoreboardHooks(ConsumerHooks):

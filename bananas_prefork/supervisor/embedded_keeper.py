@@ -14,7 +14,13 @@ import os
 import time
 
 from ..core.connection import redact
-from ..core.embedded import EmbeddedRedis, RedisUnavailable, answers, running_url
+from ..core.embedded import (
+    EmbeddedInUse,
+    EmbeddedRedis,
+    RedisUnavailable,
+    answers,
+    running_url,
+)
 from .exits import describe_exit
 
 log = logging.getLogger(__name__)
@@ -29,8 +35,11 @@ class EmbeddedKeeper:
         self.server: EmbeddedRedis | None = None  # ours, when we run it
         self.url = running_url(data_dir) or ""
         if not self.url:
-            self.server = EmbeddedRedis(data_dir)
-            self.url = self.server.url
+            server = EmbeddedRedis(data_dir)
+            if server.lock.acquire():
+                self.server, self.url = server, server.url
+            else:  # another process's server holds the data dir (paused?): share it
+                self.url = server.recorded_url() or server.url
         self._next_attempt = 0.0
 
     @property
@@ -54,6 +63,12 @@ class EmbeddedKeeper:
             return
         try:
             server.start()
+        except EmbeddedInUse as taken:  # another process's server (perhaps paused) has it
+            self.server = None
+            self.url = taken.url or self.url
+            self._next_attempt = time.monotonic() + FAILED_START_DELAY
+            log.warning("embedded Redis: %s; using that one", taken)
+            return
         except RedisUnavailable as exc:
             self._next_attempt = time.monotonic() + FAILED_START_DELAY
             log.error("embedded Redis: %s", exc)

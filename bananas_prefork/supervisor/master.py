@@ -37,8 +37,8 @@ from ..core.config import (
     error_at,
     load,
 )
-from ..core.connection import EMBEDDED, connect, resolve, wants_embedded
-from ..core.errors import Trouble
+from ..core.connection import EMBEDDED, FIRST_RUN, embedded_reason, redact, resolve
+from ..core.errors import RedisRefused, Trouble, describe, is_transient
 from ..core.identity import NodeId
 from ..core.nodes import NodeStatus, RefusalStatus
 from . import loader
@@ -95,8 +95,16 @@ class Master:
 
     def __init__(self, deployment: Deployment, app: App, config_path: str | None = None,
                  notifier: Notifier | None = None, services: Sequence[Service] = ()) -> None:
-        self.embedded = _embedded_keeper(deployment) \
-            if wants_embedded(deployment.redis_url) else None
+        reason = embedded_reason(deployment.redis_url)
+        self.embedded = _embedded_keeper(deployment) if reason else None
+        self.embedded_fallback = reason == FIRST_RUN
+        if self.embedded_fallback:
+            log.warning("NO REDIS CONFIGURED: redis_url is set nowhere (file, BANANAS_REDIS_URL, "
+                        "BANANAS_REDIS_URL_FILE, REDIS_URL) and nothing listens on "
+                        "127.0.0.1:6379, so this master runs a PRIVATE embedded Redis (data in "
+                        "%s). Producers using any other Redis are not served. Fine for a first "
+                        "run; in production set redis_url (never done under systemd).",
+                        deployment.data_dir)
         deployment = self._resolve(deployment)
         self.deployment = deployment
         self.app = app
@@ -129,6 +137,7 @@ class Master:
         self.refusals: dict[str, str] = {}  # what Redis refuses the master itself
         self._renewal_trouble = Trouble("master: job liveness renewal", self._refused)
         self._publish_trouble = Trouble("master: status publishing", self._refused)
+        self._periodic_trouble = Trouble("master: periodic registration", self._refused)
         self._pidfile = Pidfile(deployment.pidfile) if deployment.pidfile else None
         self.publisher = Publisher(self.broker, self.node, deployment.alerts,
                                    deployment.node_ttl)
@@ -275,14 +284,15 @@ class Master:
 
     def new_broker(self) -> Broker:
         """A connection of the master's own, to the Redis and namespace its children use."""
-        app = self.app
-        client = connect(app.redis_url, socket_timeout=REDIS_TIMEOUT, retries=REDIS_RETRIES)
-        return Broker(client, app.namespace, result_ttl=int(app.result_ttl),
-                      dead_ttl=int(app.dead_ttl), owner_ttl=app.owner_ttl,
-                      max_redeliveries=app.max_redeliveries)
+        return self.app.new_broker(socket_timeout=REDIS_TIMEOUT, retries=REDIS_RETRIES)
 
     def _connect(self) -> None:
-        """Wait for Redis with backoff; children start once it answers."""
+        """Wait for Redis with backoff; children start once it answers.
+
+        RedisRefused when it answers but will not serve this deployment as configured
+        (a wrong CA or password, a missing ACL permission): nothing runs yet, so the
+        master exits with that one line rather than retry what cannot succeed.
+        """
         if self.embedded is not None:
             self.embedded.tick()
         if time.monotonic() < self._next_connect:
@@ -291,6 +301,9 @@ class Master:
             self.broker.ping()
             self.broker.load_scripts()
         except redis.RedisError as exc:
+            if not is_transient(exc):  # a person must act: say so once and stop here
+                raise RedisRefused(f"cannot use Redis at {redact(self.app.redis_url)}: "
+                                   f"{describe(exc)}") from None
             delay = self._connect_backoff.failed()
             self._next_connect = time.monotonic() + delay
             log.warning("redis unavailable (%s); retrying in %.1fs", exc, delay)
@@ -311,8 +324,9 @@ class Master:
             periodic.register(self.broker, periodic.entries_for(self.deployment.periodic,
                                                                 self.app), str(self.node))
             self._periodic_pending = False
+            self._periodic_trouble.recovered()
         except redis.RedisError as exc:
-            log.warning("cannot register periodic entries yet (%s); will retry", exc)
+            self._periodic_trouble.failed(exc)  # the next pass is the retry
 
     # -- children ---------------------------------------------------------------------------
 
@@ -340,6 +354,8 @@ class Master:
     def _inherited_fds(self) -> list[int]:
         """The master's own descriptors, which a forked child closes."""
         fds = [self._wakeup_r, self._wakeup_w, self._selector.fileno()]
+        if self._pidfile is not None and self._pidfile.fd is not None:
+            fds.append(self._pidfile.fd)  # the lock must end with the master, not a child
         return fds + [fd for s in self.services if (fd := s.fileno()) is not None]
 
     # -- liveness ------------------------------------------------------------------------------
@@ -401,6 +417,7 @@ class Master:
             "config": self.deployment.source,
             "state": self.state.value,
             "reload_error": self.reload_error,
+            "embedded_fallback": self.embedded_fallback,
             "scheduler": {"enabled": self.deployment.scheduler.enabled, "pid": scheduler_pid,
                           "leading": bool(self.workforce.scheduler_state.get("leading"))},
             "pools": pools,

@@ -14,6 +14,7 @@ import time
 import redis
 
 from bananas_prefork import App, current_job
+from bananas_prefork.core.connection import connect
 
 app = App(namespace=os.environ.get("BANANAS_NAMESPACE", "bananas"))
 _client: redis.Redis | None = None
@@ -22,7 +23,7 @@ _client: redis.Redis | None = None
 def _redis() -> redis.Redis:
     global _client
     if _client is None or _client.connection_pool.pid != os.getpid():
-        _client = redis.Redis.from_url(app.redis_url, decode_responses=True)
+        _client = connect(app.redis_url)  # any URL form: Sentinel, TLS, ACL user
     return _client
 
 

