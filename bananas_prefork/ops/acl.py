@@ -17,6 +17,7 @@ from ..core.scripts import SCRIPT_NAMES, script_source
 # What the Python side sends outside the scripts, with where.
 CLIENT_COMMANDS = (
     "ping",  # readiness checks, status
+    "info",  # maxmemory-policy: status and the master warn when Redis may evict
     "evalsha", "eval",  # every script; EVAL after NOSCRIPT on a consumer's own connection
     "script|load", "script|exists",  # loading the scripts; pipelines check them
     "wait",  # min_replicas_ack
