@@ -15,7 +15,7 @@ from functools import cached_property
 from typing import Any, Generic, ParamSpec, TypeVar
 
 from . import job as jobs
-from .broker import Broker, NewJob
+from .broker import Broker, EnqueueBatch, NewJob
 from .config import PeriodicConfig, check_schedule
 from .connection import EMBEDDED, connect, resolve, url_problem
 from .durations import parse_duration
@@ -177,9 +177,42 @@ class App:
         Each item is ``(name, args)``, ``(name, args, kwargs)`` or
         ``(name, args, kwargs, options)`` where options are enqueue()'s keywords.
         """
-        batch = [self._new_job_from_item(item, index) for index, item in enumerate(items)]
-        self.broker.enqueue(batch)
-        return [job.id for job in batch]
+        batch = EnqueueBatch(self.broker.prefix)
+        ids = []
+        priorities: dict[str, str] = {}  # task name -> default priority, checked once
+        for index, item in enumerate(items):
+            job_id = self._add_plain_item(batch, item, priorities)
+            if job_id is None:
+                job = self._new_job_from_item(item, index)
+                batch.add_job(job)
+                job_id = job.id
+            ids.append(job_id)
+        self.broker.enqueue_batch(batch)
+        return ids
+
+    def _add_plain_item(self, batch: EnqueueBatch, item: Sequence[Any],
+                        priorities: dict[str, str]) -> str | None:
+        """The common item, ``(name, [args...])``, without building a NewJob: the
+        name is checked once per batch. None for anything else (the full path
+        then checks it and says what is wrong)."""
+        if type(item) not in (tuple, list) or len(item) != 2:
+            return None
+        name, args = item
+        if type(name) is not str or type(args) not in (list, tuple):
+            return None
+        priority = priorities.get(name)
+        if priority is None:
+            if not _NAME.match(name):
+                return None
+            task = self.tasks.get(name)
+            priority = priorities[name] = task.priority if task else "normal"
+        try:
+            args_json = jobs.dumps(args, "args") if args else "[]"
+        except ValueError:
+            return None
+        job_id = os.urandom(16).hex()
+        batch.add(job_id, name, priority, args_json, "{}", "", "", False)
+        return job_id
 
     def _new_job_from_item(self, item: Sequence[Any], index: int) -> NewJob:
         if isinstance(item, str | bytes) or not 2 <= len(item) <= 4:
@@ -227,6 +260,7 @@ class App:
             kwargs_json=jobs.dumps(kwargs, "kwargs") if kwargs else "{}",
             options_json=jobs.dumps(options, "options") if options else "",
             when=_when(delay, at),
+            given_id=job_id is not None,
         )
 
     # -- reading -------------------------------------------------------------

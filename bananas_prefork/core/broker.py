@@ -8,11 +8,17 @@ tools. Reads are plain commands. Nothing here knows about processes.
 from __future__ import annotations
 
 import logging
+import os
+import random
+import threading
+import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, cast
 
 import redis
+from redis.commands.core import Script
+from redis.connection import ConnectionInterface
 
 from .job import Job, JobInfo
 from .keys import PRIORITIES, Keys
@@ -22,6 +28,7 @@ log = logging.getLogger(__name__)
 
 SUCCEEDED, RETRY, DEAD = "succeeded", "retry", "dead"
 LOST_OWNERSHIP = -1
+ENQUEUE_RETRIES = 3  # sends after the first when the connection drops (as the client's)
 
 
 @dataclass(frozen=True)
@@ -35,10 +42,44 @@ class NewJob:
     kwargs_json: str
     options_json: str = ""
     when: str = ""  # '' now, '+<s>' delay, '@<epoch>' absolute
+    given_id: bool = True  # False: a generated id, unique without checking Redis
 
-    def as_argv(self) -> tuple[str, ...]:
-        return (self.id, self.name, self.priority, self.args_json, self.kwargs_json,
-                self.options_json, self.when)
+
+class EnqueueBatch:
+    """Jobs packed as the enqueue script reads them: the fields that consecutive jobs
+    share (type, priority, kwargs, options, time) go once, in a header; each job adds
+    its id and arguments. A batch of like jobs costs two arguments per job."""
+
+    __slots__ = ("_checks", "_header", "argv", "count")
+
+    def __init__(self, prefix: str) -> None:
+        self.argv: list[str] = [prefix, ""]  # [1]: the number of jobs, set by broker.enqueue
+        self.count = 0
+        self._header: tuple[str, str, str, str, str, str] | None = None
+        self._checks: list[int] = []  # where each header's check flag is in argv
+
+    def add(self, job_id: str, name: str, priority: str, args_json: str, kwargs_json: str,
+            options_json: str, when: str, given_id: bool) -> None:
+        header = (name, priority, kwargs_json, options_json, when, "1" if given_id else "0")
+        if header != self._header:
+            self._header = header
+            self.argv.append("")
+            self.argv.extend(header)
+            self._checks.append(len(self.argv) - 1)
+        self.argv.append(job_id)
+        self.argv.append(args_json)
+        self.count += 1
+
+    def add_job(self, job: NewJob) -> None:
+        self.add(job.id, job.name, job.priority, job.args_json, job.kwargs_json,
+                 job.options_json, job.when, job.given_id)
+
+    def check_every_id(self) -> None:
+        """Before sending again after a lost reply: the first call may have created
+        the jobs, so generated ids are checked too and nothing is enqueued twice."""
+        for index in self._checks:
+            self.argv[index] = "1"
+        self._header = None
 
 
 @dataclass(frozen=True)
@@ -76,10 +117,25 @@ class Broker:
         self.dead_ttl = max(1, int(dead_ttl))
         self.owner_ttl = owner_ttl
         self.max_redeliveries = max_redeliveries
+        self._local = threading.local()
 
     @property
     def prefix(self) -> str:
         return self.keys.prefix
+
+    def _connection(self) -> ConnectionInterface:
+        """This thread's own connection for enqueue calls (new after a fork).
+
+        The client's per-command bookkeeping (pool checkout, retry wrapper,
+        reply callbacks) costs more than the enqueue script itself; a connection
+        per thread needs none of it. The retry is ours (``enqueue_batch``).
+        """
+        local = self._local
+        connection: ConnectionInterface | None = getattr(local, "connection", None)
+        if connection is None or local.pid != os.getpid():
+            connection = self.client.connection_pool.make_connection()
+            local.connection, local.pid = connection, os.getpid()
+        return connection
 
     # Liveness. The promise: a dead owner's jobs are back in their queues within
     # ``owner_ttl``. That is the owner key's lifetime after its last renewal plus
@@ -119,13 +175,32 @@ class Broker:
 
     def enqueue(self, jobs: Sequence[NewJob]) -> list[bool]:
         """Record and queue the jobs atomically; False where the id already existed."""
-        if not jobs:
-            return []
-        argv: list[str] = [self.prefix]
+        batch = EnqueueBatch(self.prefix)
         for job in jobs:
-            argv.extend(job.as_argv())
-        flags = self.scripts.enqueue(keys=[self.keys.seq, self.keys.queues], args=argv)
-        return [bool(flag) for flag in flags]
+            batch.add_job(job)
+        return self.enqueue_batch(batch)
+
+    def enqueue_batch(self, batch: EnqueueBatch) -> list[bool]:
+        """The same for a packed batch: one script call, all or nothing."""
+        if not batch.count:
+            return []
+        batch.argv[1] = str(batch.count)
+        failures = 0
+        while True:
+            try:
+                skipped = call_script(self._connection(), self.scripts.enqueue, 1,
+                                      self.keys.seq, *batch.argv)
+                break
+            except (redis.ConnectionError, redis.TimeoutError):
+                failures += 1
+                if failures > ENQUEUE_RETRIES:
+                    raise
+                batch.check_every_id()
+                time.sleep(min(1.0, 0.05 * 2 ** failures) * random.uniform(0.5, 1))
+        flags = [True] * batch.count
+        for position in skipped:
+            flags[int(position) - 1] = False
+        return flags
 
     # -- consuming ---------------------------------------------------------
 
@@ -137,19 +212,23 @@ class Broker:
         fetch: bool,
         priorities: Sequence[str],
         job_types: Sequence[str],
+        *,
+        woke: bool = False,
     ) -> tuple[int | None, Job | None]:
         """Settle the slot's finished run (if any) and fetch its next job (if asked).
 
         Returns (settle status or None, next job or None). A status of
         LOST_OWNERSHIP means the run had been taken away; nothing changed.
-        Consumers call this through a ``StepChannel``; this is the same call
-        for everyone else (the master settling a timed-out job, tests).
+        ``woke``: the slot waited idle before this fetch (it then wakes the next
+        idle consumer when more jobs wait). Consumers call this through a
+        ``StepChannel``; this is the same call for everyone else (the master
+        settling a timed-out job, tests).
         """
         reply = self.scripts.step(
             keys=[self.keys.owned(owner), self.keys.owner(owner)],
             args=[self.prefix, owner, slot, int(self.liveness * 1000),
-                  *self.settle_args(settlement), "1" if fetch else "0",
-                  ",".join(priorities), ",".join(job_types)],
+                  *self.settle_args(settlement), fetch_flag(fetch, woke),
+                  *serves_args(priorities, job_types)],
         )
         return parse_step_reply(reply)
 
@@ -182,8 +261,14 @@ class Broker:
 
     def renew_owners(self, owners: Iterable[str]) -> None:
         """Keep owners alive: one pipelined round trip for all of them."""
+        owners = list(owners)
+        if not owners:
+            return
         ttl_ms = int(self.liveness * 1000)
         with self.client.pipeline(transaction=False) as pipe:
+            # Listed before the key is set: a live owner key always has its owner listed
+            # for recovery scans (a fetch sets the key only when it is missing).
+            pipe.sadd(self.keys.owners, *owners)
             for owner in owners:
                 pipe.set(self.keys.owner(owner), "1", px=ttl_ms)
             pipe.execute()
@@ -339,6 +424,31 @@ class Broker:
 NO_SETTLEMENT: tuple[Any, ...] = ("", "", 0, "", "", 0, 0)
 
 
+def fetch_flag(fetch: bool, woke: bool) -> str:
+    return ("2" if woke else "1") if fetch else "0"
+
+
+def serves_args(priorities: Sequence[str], job_types: Sequence[str]) -> tuple[str, ...]:
+    """What a slot serves, as the step script reads it: the lists as separate arguments."""
+    return (str(len(priorities)), *priorities, *job_types)
+
+
+def call_script(connection: ConnectionInterface, script: Script, *args: Any) -> Any:
+    """EVALSHA on a bare connection; after NOSCRIPT (a restarted or flushed Redis) the
+    source goes once with EVAL, which loads it. A dropped connection is closed and
+    the error raised: the caller decides whether and how to send again."""
+    try:
+        try:
+            connection.send_command("EVALSHA", script.sha, *args)
+            return connection.read_response()
+        except redis.exceptions.NoScriptError:
+            connection.send_command("EVAL", script.script, *args)
+            return connection.read_response()
+    except (redis.ConnectionError, redis.TimeoutError):
+        connection.disconnect()
+        raise
+
+
 def parse_step_reply(reply: Sequence[Any]) -> tuple[int | None, Job | None]:
     status = None if reply[0] == "" else int(reply[0])
     return status, (Job.from_reply(reply[1:]) if len(reply) > 1 else None)
@@ -363,23 +473,13 @@ class StepChannel:
         keys = broker.keys
         self.head = (2, keys.owned(owner), keys.owner(owner), broker.prefix, owner, slot,
                      int(broker.liveness * 1000))
-        self.serves = (",".join(priorities), ",".join(job_types))
+        self.serves = serves_args(priorities, job_types)
 
-    def step(self, settlement: Settlement | None,
-             fetch: bool) -> tuple[int | None, Job | None]:
-        args = (*self.head, *self.broker.settle_args(settlement), "1" if fetch else "0",
+    def step(self, settlement: Settlement | None, fetch: bool,
+             woke: bool = False) -> tuple[int | None, Job | None]:
+        args = (*self.head, *self.broker.settle_args(settlement), fetch_flag(fetch, woke),
                 *self.serves)
-        try:
-            try:
-                self.connection.send_command("EVALSHA", self.script.sha, *args)
-                reply = self.connection.read_response()
-            except redis.exceptions.NoScriptError:
-                self.connection.send_command("EVAL", self.script.script, *args)
-                reply = self.connection.read_response()
-        except (redis.ConnectionError, redis.TimeoutError):
-            self.connection.disconnect()
-            raise
-        return parse_step_reply(reply)
+        return parse_step_reply(call_script(self.connection, self.script, *args))
 
     def close(self) -> None:
         self.connection.disconnect()

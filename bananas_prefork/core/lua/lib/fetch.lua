@@ -16,11 +16,13 @@ local function job_reply(id)
     return fields
 end
 
--- The job type whose head job is the oldest among `types` ('*' = any type).
+-- The job type whose head job is the oldest among `types` ('*' = any type),
+-- and whether it is the only type in the index (see lib/queue.lua).
 local function oldest_type(prio, types)
     local heads = key('heads', prio)
     if types[1] == '*' then
-        return redis.call('ZRANGE', heads, 0, 0)[1]
+        local first = redis.call('ZRANGE', heads, 0, 1)
+        return first[1], first[2] == nil
     end
     local best, best_seq = nil, nil
     for _, jtype in ipairs(types) do
@@ -29,17 +31,22 @@ local function oldest_type(prio, types)
             best, best_seq = jtype, tonumber(seq)
         end
     end
-    return best
+    return best, false
 end
 
+-- The slot's liveness is its owner key, which the supervisor renews; a claim
+-- only creates it when it is missing (a new owner, or one recovered as dead
+-- that is still working), and then lists the owner for recovery scans.
 local function claim(owned, owner_key, owner, slot, owner_ttl_ms, reply, now_s)
     local id = reply[1]
-    local job = key('job', id)
-    redis.call('HSET', job, 'state', 'running', 'owner', owner, 'started_at', now_s)
-    reply[ATTEMPTS] = redis.call('HINCRBY', job, 'attempts', 1)
+    local attempts = (tonumber(reply[ATTEMPTS]) or 0) + 1
+    reply[ATTEMPTS] = attempts
+    redis.call('HSET', key('job', id), 'state', 'running', 'owner', owner, 'started_at', now_s,
+        'attempts', attempts)
     redis.call('HSET', owned, slot, id)
-    redis.call('SADD', key('owners'), owner)
-    redis.call('SET', owner_key, '1', 'PX', owner_ttl_ms)
+    if redis.call('SET', owner_key, '1', 'PX', owner_ttl_ms, 'NX') then
+        redis.call('SADD', key('owners'), owner)
+    end
     return reply
 end
 
@@ -53,23 +60,33 @@ local function clear_stale_tokens(prios, types)
     end
 end
 
-local function fetch(owned, owner_key, owner, slot, owner_ttl_ms, prios, types, now_s)
-    local held = redis.call('HGET', owned, slot)
-    if held then
-        -- The reply to an earlier fetch for this slot was lost: hand the same run back.
-        return job_reply(held)
+-- `check_held`: the slot may already hold a job (the reply to an earlier fetch
+-- was lost); false right after this slot settled its run. `woke`: the first
+-- fetch after the slot waited idle; when jobs remain in the list it took one
+-- from, it wakes the next idle consumer (enqueue wakes only on empty lists).
+local function fetch(owned, owner_key, owner, slot, owner_ttl_ms, prios, types, now_s,
+                     check_held, woke)
+    if check_held then
+        local held = redis.call('HGET', owned, slot)
+        if held then
+            return job_reply(held)
+        end
     end
     for _, prio in ipairs(prios) do
-        local jtype = oldest_type(prio, types)
+        local jtype, alone = oldest_type(prio, types)
         while jtype do
-            local id = pop_ready(prio, jtype)
+            local id, more = pop_ready(prio, jtype, alone)
             if id then
                 local reply = job_reply(id)
                 if reply[2] then
+                    if woke and (more or (more == nil and
+                            redis.call('LLEN', key('ready', prio, jtype)) > 0)) then
+                        wake(prio, jtype, 1)
+                    end
                     return claim(owned, owner_key, owner, slot, owner_ttl_ms, reply, now_s)
                 end
             end
-            jtype = oldest_type(prio, types)
+            jtype, alone = oldest_type(prio, types)
         end
     end
     clear_stale_tokens(prios, types)

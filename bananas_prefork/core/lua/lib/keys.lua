@@ -23,11 +23,3 @@ local function redis_now()
     local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
     return now, t[1] .. '.' .. string.format('%06d', tonumber(t[2]))
 end
-
-local function split_csv(text)
-    local out = {}
-    for item in string.gmatch(text, '[^,]+') do
-        out[#out + 1] = item
-    end
-    return out
-end
