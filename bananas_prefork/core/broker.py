@@ -16,6 +16,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, cast
 
+import hiredis
 import redis
 from redis.commands.core import Script
 from redis.connection import ConnectionInterface
@@ -436,13 +437,16 @@ def serves_args(priorities: Sequence[str], job_types: Sequence[str]) -> tuple[st
 def call_script(connection: ConnectionInterface, script: Script, *args: Any) -> Any:
     """EVALSHA on a bare connection; after NOSCRIPT (a restarted or flushed Redis) the
     source goes once with EVAL, which loads it. A dropped connection is closed and
-    the error raised: the caller decides whether and how to send again."""
+    the error raised: the caller decides whether and how to send again.
+
+    The command is packed by hiredis directly: the client's generic packing
+    inspects every argument again on each call."""
     try:
         try:
-            connection.send_command("EVALSHA", script.sha, *args)
+            connection.send_packed_command([hiredis.pack_command(("EVALSHA", script.sha, *args))])
             return connection.read_response()
         except redis.exceptions.NoScriptError:
-            connection.send_command("EVAL", script.script, *args)
+            connection.send_packed_command([hiredis.pack_command(("EVAL", script.script, *args))])
             return connection.read_response()
     except (redis.ConnectionError, redis.TimeoutError):
         connection.disconnect()
@@ -474,12 +478,16 @@ class StepChannel:
         self.head = (2, keys.owned(owner), keys.owner(owner), broker.prefix, owner, slot,
                      int(broker.liveness * 1000))
         self.serves = serves_args(priorities, job_types)
+        self.woke = False  # set after the slot waited idle; cleared by its next fetch
 
-    def step(self, settlement: Settlement | None, fetch: bool,
-             woke: bool = False) -> tuple[int | None, Job | None]:
-        args = (*self.head, *self.broker.settle_args(settlement), fetch_flag(fetch, woke),
-                *self.serves)
-        return parse_step_reply(call_script(self.connection, self.script, *args))
+    def step(self, settlement: Settlement | None,
+             fetch: bool) -> tuple[int | None, Job | None]:
+        args = (*self.head, *self.broker.settle_args(settlement),
+                fetch_flag(fetch, self.woke), *self.serves)
+        reply = call_script(self.connection, self.script, *args)
+        if fetch:
+            self.woke = False
+        return parse_step_reply(reply)
 
     def close(self) -> None:
         self.connection.disconnect()

@@ -185,6 +185,7 @@ class Consumer:
             if job is None:
                 settlement = None
                 self._idle(slot)
+                channel.woke = True
                 continue
             settlement = self._run(slot, job)
 

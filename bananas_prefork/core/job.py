@@ -37,6 +37,8 @@ _ENCODER = json.JSONEncoder(separators=(",", ":"), allow_nan=False, ensure_ascii
 
 def dumps(value: Any, what: str) -> str:
     """Strict JSON (no NaN, no pickling fallbacks); ValueError says which value."""
+    if value is None:  # most tasks return nothing
+        return "null"
     try:
         return _ENCODER.encode(value)
     except (TypeError, ValueError) as exc:
@@ -59,22 +61,19 @@ class Job:
     @classmethod
     def from_reply(cls, reply: Sequence[Any]) -> Job:
         job_id, name, priority, args, kwargs, options, attempt, enqueued_at = reply
-        return cls(
-            id=job_id,
-            name=name,
-            priority=priority,
-            args_json=args or "[]",
-            kwargs_json=kwargs or "{}",
-            options_json=options or "{}",
-            attempt=int(attempt),
-            enqueued_at=float(enqueued_at or 0.0),
-        )
+        # Once per job: filling the instance dict skips the frozen __init__'s
+        # object.__setattr__ per field.
+        job = object.__new__(cls)
+        job.__dict__.update(id=job_id, name=name, priority=priority, args_json=args or "[]",
+                            kwargs_json=kwargs or "{}", options_json=options or "{}",
+                            attempt=int(attempt), enqueued_at=float(enqueued_at or 0.0))
+        return job
 
     def decode_arguments(self) -> tuple[list[Any], dict[str, Any]]:
         """The call arguments; ValueError when the stored payload is not valid."""
         try:
             args = json.loads(self.args_json)
-            kwargs = json.loads(self.kwargs_json)
+            kwargs = {} if self.kwargs_json == "{}" else json.loads(self.kwargs_json)
         except json.JSONDecodeError as exc:
             raise ValueError(f"undecodable payload: {exc}") from None
         if not isinstance(args, list) or not isinstance(kwargs, dict):

@@ -34,17 +34,20 @@ local function oldest_type(prio, types)
     return best, false
 end
 
--- The slot's liveness is its owner key, which the supervisor renews; a claim
--- only creates it when it is missing (a new owner, or one recovered as dead
--- that is still working), and then lists the owner for recovery scans.
+-- The slot's liveness is its owner key, which the supervisor renews. A claim
+-- into an empty slot (the first, or the first after the slot idled or the owner
+-- was recovered as dead while still working) creates the key when it is
+-- missing and lists the owner for recovery scans; a claim that refills the
+-- slot its run just left needs neither: owned:<owner> only loses its entries
+-- together with the owner's listing (recover.lua).
 local function claim(owned, owner_key, owner, slot, owner_ttl_ms, reply, now_s)
     local id = reply[1]
     local attempts = (tonumber(reply[ATTEMPTS]) or 0) + 1
     reply[ATTEMPTS] = attempts
     redis.call('HSET', key('job', id), 'state', 'running', 'owner', owner, 'started_at', now_s,
         'attempts', attempts)
-    redis.call('HSET', owned, slot, id)
-    if redis.call('SET', owner_key, '1', 'PX', owner_ttl_ms, 'NX') then
+    if redis.call('HSET', owned, slot, id) == 1 and
+            redis.call('SET', owner_key, '1', 'PX', owner_ttl_ms, 'NX') then
         redis.call('SADD', key('owners'), owner)
     end
     return reply
