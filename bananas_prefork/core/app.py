@@ -179,9 +179,9 @@ class App:
         """
         batch = EnqueueBatch(self.broker.prefix)
         ids = []
-        priorities: dict[str, str] = {}  # task name -> default priority, checked once
+        plain = _PlainItems(self, batch)
         for index, item in enumerate(items):
-            job_id = self._add_plain_item(batch, item, priorities)
+            job_id = plain.add(item)
             if job_id is None:
                 job = self._new_job_from_item(item, index)
                 batch.add_job(job)
@@ -189,30 +189,6 @@ class App:
             ids.append(job_id)
         self.broker.enqueue_batch(batch)
         return ids
-
-    def _add_plain_item(self, batch: EnqueueBatch, item: Sequence[Any],
-                        priorities: dict[str, str]) -> str | None:
-        """The common item, ``(name, [args...])``, without building a NewJob: the
-        name is checked once per batch. None for anything else (the full path
-        then checks it and says what is wrong)."""
-        if type(item) not in (tuple, list) or len(item) != 2:
-            return None
-        name, args = item
-        if type(name) is not str or type(args) not in (list, tuple):
-            return None
-        priority = priorities.get(name)
-        if priority is None:
-            if not _NAME.match(name):
-                return None
-            task = self.tasks.get(name)
-            priority = priorities[name] = task.priority if task else "normal"
-        try:
-            args_json = jobs.dumps(args, "args") if args else "[]"
-        except ValueError:
-            return None
-        job_id = os.urandom(16).hex()
-        batch.add(job_id, name, priority, args_json, "{}", "", "", False)
-        return job_id
 
     def _new_job_from_item(self, item: Sequence[Any], index: int) -> NewJob:
         if isinstance(item, str | bytes) or not 2 <= len(item) <= 4:
@@ -273,6 +249,43 @@ class App:
 
     def __repr__(self) -> str:
         return f"<App namespace={self.namespace!r} tasks={sorted(self.tasks)}>"
+
+
+class _PlainItems:
+    """enqueue_many's usual item, ``(name, [args...])``, without building a NewJob:
+    a name is checked once per batch, ids come from one random draw per 256 jobs."""
+
+    def __init__(self, app: App, batch: EnqueueBatch) -> None:
+        self.app = app
+        self.batch = batch
+        self.priorities: dict[str, str] = {}  # checked name -> its default priority
+        self.random = ""
+        self.used = 0
+
+    def add(self, item: Sequence[Any]) -> str | None:
+        """The new job's id; None for anything else (the full path then checks it
+        and says what is wrong)."""
+        if type(item) not in (tuple, list) or len(item) != 2:
+            return None
+        name, args = item
+        if type(name) is not str or type(args) not in (list, tuple):
+            return None
+        priority = self.priorities.get(name)
+        if priority is None:
+            if not _NAME.match(name):
+                return None
+            task = self.app.tasks.get(name)
+            priority = self.priorities[name] = task.priority if task else "normal"
+        try:
+            args_json = jobs.dumps(args, "args") if args else "[]"
+        except ValueError:
+            return None
+        if self.used == len(self.random):
+            self.random, self.used = os.urandom(16 * 256).hex(), 0
+        job_id = self.random[self.used:self.used + 32]
+        self.used += 32
+        self.batch.add_plain(job_id, name, priority, args_json)
+        return job_id
 
 
 def _check_name(name: object) -> str:

@@ -46,6 +46,9 @@ class NewJob:
     given_id: bool = True  # False: a generated id, unique without checking Redis
 
 
+_PLAIN = ("{}", "", "", "0")  # a header's kwargs, options, when and check for add_plain
+
+
 class EnqueueBatch:
     """Jobs packed as the enqueue script reads them: the fields that consecutive jobs
     share (type, priority, kwargs, options, time) go once, in a header; each job adds
@@ -67,6 +70,16 @@ class EnqueueBatch:
             self.argv.append("")
             self.argv.extend(header)
             self._checks.append(len(self.argv) - 1)
+        self.argv.append(job_id)
+        self.argv.append(args_json)
+        self.count += 1
+
+    def add_plain(self, job_id: str, name: str, priority: str, args_json: str) -> None:
+        """A job with a generated id and nothing but arguments (enqueue_many's usual item)."""
+        header = self._header
+        if header is None or header[0] != name or header[1] != priority or header[2:] != _PLAIN:
+            self.add(job_id, name, priority, args_json, "{}", "", "", False)
+            return
         self.argv.append(job_id)
         self.argv.append(args_json)
         self.count += 1

@@ -69,17 +69,24 @@ while i <= argc do
                 base = redis.call('INCRBY', KEYS[1], total) - total
             end
             local seq_s = tostring(base + pos)
-            local due = record_job(id, name, prio, ARGV[i + 1], kwargs, options, when, seq_s,
-                now, now_s)
+            local due = nil
+            if when == '' and options == '' and kwargs == '{}' then
+                -- the common job, inline and lean: no attempts ('0') and no kwargs ('{}'),
+                -- which readers take as their defaults (job.py)
+                redis.call('HSET', key('job', id), 'name', name, 'priority', prio,
+                    'args', ARGV[i + 1], 'state', 'queued', 'seq', seq_s, 'enqueued_at', now_s)
+            else
+                due = record_job(id, name, prio, ARGV[i + 1], kwargs, options, when, seq_s,
+                    now, now_s)
+            end
             if due then
                 schedule(id, due)
                 woken[pair] = woken[pair] or 0
             else
-                if #run == 0 then
-                    run_first = seq_s
-                end
                 run[#run + 1] = id
-                if #run == RUN_MAX then
+                if #run == 1 then
+                    run_first = seq_s
+                elseif #run == RUN_MAX then
                     flush_run()
                 end
             end
