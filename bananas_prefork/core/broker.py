@@ -96,9 +96,10 @@ class EnqueueBatch:
         self._header = None
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class Settlement:
-    """How a run ended, as the step script records it."""
+    """How a run ended, as the step script records it (one per job: not frozen, whose
+    __init__ costs a call per field)."""
 
     mode: str  # SUCCEEDED | RETRY | DEAD
     job: Job

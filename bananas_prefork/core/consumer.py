@@ -273,9 +273,7 @@ class Consumer:
             args, kwargs = job.decode_arguments()
         except ValueError as exc:
             return Settlement(DEAD, job, str(exc))
-        token = jobs.set_current_job(JobContext(id=job.id, name=job.name, attempt=job.attempt,
-                                                priority=job.priority, pool=self.pool,
-                                                enqueued_at=job.enqueued_at))
+        token = jobs.set_current_job(JobContext.of(job, self.pool))
         try:
             result = task.fn(*args, **kwargs)
         except BaseException as exc:  # a job must never take its worker down

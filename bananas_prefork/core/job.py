@@ -108,6 +108,14 @@ class JobContext:
     pool: str | None
     enqueued_at: float
 
+    @classmethod
+    def of(cls, job: Job, pool: str | None) -> JobContext:
+        """Once per job, so without the frozen __init__ (as Job.from_reply)."""
+        context = object.__new__(cls)
+        context.__dict__.update(id=job.id, name=job.name, attempt=job.attempt,
+                                priority=job.priority, pool=pool, enqueued_at=job.enqueued_at)
+        return context
+
 
 @dataclass(frozen=True)
 class JobInfo:

@@ -19,10 +19,10 @@ import redis
 import typer
 
 from ..core import config as config_module
-from ..core import logs
 from ..core.config import ConfigError, Deployment
 from ..core.connection import redact
 from ..supervisor import loader
+from . import launch
 
 cli = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="bananas-prefork: a Redis job queue with a prefork supervisor.")
@@ -53,28 +53,10 @@ def start(
         help="text or json (overrides the file).")] = None,
 ) -> None:
     """Run the master in the foreground (systemd Type=notify ready)."""
-    from ..core.embedded import RedisUnavailable
-    from ..supervisor.master import Master, Service
-    from ..supervisor.pidfile import PidfileError
-    from .metrics import MetricsService
-
-    deployment = load_deployment(file)
-    level = (log_level or deployment.log_level).lower()
-    fmt = (log_format or deployment.log_format).lower()
-    if level not in ("debug", "info", "warning", "error") or fmt not in ("text", "json"):
-        fail("--log-level is debug, info, warning or error; --log-format is text or json", 2)
-    logs.setup(level, fmt)
     try:
-        app = loader.first_import(deployment)
-        services: list[Service] = []
-        if deployment.metrics_port is not None:
-            services.append(MetricsService(deployment.metrics_port, deployment.metrics_bind))
-        code = Master(deployment, app, config_path=str(file) if file else None,
-                      services=services).run()
-    except ConfigError as exc:
-        fail(exc, 2)
-    except (PidfileError, RedisUnavailable) as exc:
-        fail(exc, 1)
+        code = launch.run(file, log_level, log_format)
+    except launch.StartError as exc:
+        fail(exc, exc.code)
     raise typer.Exit(code)
 
 
