@@ -14,8 +14,9 @@ them. Round trips and the client's own time are not in these figures.
 
 Sections:
   costs   enqueue (single calls), enqueue_many (batches), drain by '*' consumers
-  types   drain cost for a consumer serving 1, 10 and 100 job types, and for a '*'
-          consumer while 1, 10, 100 and 1000 other job types hold jobs in Redis
+  types   drain cost for a consumer serving 1, 10 and 100 of the 100 job types that
+          hold jobs, and for a one-type and a '*' consumer while 1, 10, 100 and 1000
+          other job types hold jobs in Redis
 """
 
 from __future__ import annotations
@@ -125,13 +126,15 @@ def costs(app: App, admin: redis.Redis, n: int) -> Result:
 
 def types_section(app: App, admin: redis.Redis, n: int) -> Result:
     out: Result = {"served": {}, "in_redis": {}}
-    # A consumer serving K types; the jobs are spread over all K.
+    # 100 job types hold jobs; a consumer serves K of them and drains n jobs spread
+    # over its K types (the others keep theirs).
+    names = [f"t{i:03d}" for i in range(100)]
     for k in (1, 10, 100):
         admin.flushall()
-        names = [f"t{i:03d}" for i in range(k)]
-        fill(app, names, n)
-        out["served"][str(k)] = phase_cost(admin, n, drain(app, n, f"typed-{k}", names))
-    # A consumer serving one type while T other types hold jobs it must not touch,
+        fill(app, names[k:], 20 * (100 - k))
+        fill(app, names[:k], n)
+        out["served"][str(k)] = phase_cost(admin, n, drain(app, n, f"typed-{k}", names[:k]))
+    # A consumer of one type while T other types hold jobs it must not touch,
     # and a '*' consumer while T types hold jobs (it drains them all, oldest first).
     for t in (1, 10, 100, 1000):
         admin.flushall()
@@ -198,7 +201,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             if "types" in sections:
                 result["types"] = median_of([types_section(app, admin, opts.jobs)
                                              for _ in range(opts.repeat)])
-                show("drain: a consumer serving K types", {
+                show("drain: a consumer serving K of the 100 types that hold jobs", {
                     f"K={k}": v for k, v in result["types"]["served"].items()})
                 show("drain: T other types hold jobs in Redis", {
                     k: v for k, v in result["types"]["in_redis"].items()})

@@ -7,6 +7,7 @@ tools. Reads are plain commands. Nothing here knows about processes.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import random
@@ -22,7 +23,7 @@ from redis.commands.core import Script
 from redis.connection import ConnectionInterface
 
 from .job import Job, JobInfo
-from .keys import PRIORITIES, Keys
+from .keys import ANY_TYPE, PRIORITIES, Keys
 from .scripts import Scripts
 
 log = logging.getLogger(__name__)
@@ -437,6 +438,7 @@ class Broker:
 
 
 NO_SETTLEMENT: tuple[Any, ...] = ("", "", 0, "", "", 0, 0)
+NEED_TYPES = "types"  # the step script's answer when a fetch needs the job types left out
 
 
 def fetch_flag(fetch: bool, woke: bool) -> str:
@@ -444,8 +446,17 @@ def fetch_flag(fetch: bool, woke: bool) -> str:
 
 
 def serves_args(priorities: Sequence[str], job_types: Sequence[str]) -> tuple[str, ...]:
-    """What a slot serves, as the step script reads it: the lists as separate arguments."""
-    return (str(len(priorities)), *priorities, *job_types)
+    """What a slot serves, as the step script reads it: the lists as separate arguments,
+    and between them the consumer group of its types (lib/fetch.lua)."""
+    return (str(len(priorities)), *priorities, group_id(job_types), *job_types)
+
+
+def group_id(job_types: Sequence[str]) -> str:
+    """The consumer group of several job types, the same for every consumer of the same
+    set ('' for any type or a single one, which need no group)."""
+    if len(job_types) < 2 or ANY_TYPE in job_types:
+        return ""
+    return hashlib.sha1(",".join(sorted(set(job_types))).encode()).hexdigest()[:16]
 
 
 def call_script(connection: ConnectionInterface, script: Script, *args: Any) -> Any:
@@ -492,16 +503,27 @@ class StepChannel:
         self.head = (2, keys.owned(owner), keys.owner(owner), broker.prefix, owner, slot,
                      int(broker.liveness * 1000))
         self.serves = serves_args(priorities, job_types)
+        # A group's consumer sends its job types only when a fetch may need them
+        # (lib/fetch.lua): the first fetch, the first after an empty one, a retry.
+        self.serves_short = self.serves[:len(priorities) + 2]
+        self.short = False
         self.woke = False  # set after the slot waited idle; cleared by its next fetch
 
     def step(self, settlement: Settlement | None,
              fetch: bool) -> tuple[int | None, Job | None]:
+        serves = self.serves_short if self.short and fetch else self.serves
+        self.short = False  # until this call has answered with a job
         args = (*self.head, *self.broker.settle_args(settlement),
-                fetch_flag(fetch, self.woke), *self.serves)
+                fetch_flag(fetch, self.woke), *serves)
         reply = call_script(self.connection, self.script, *args)
+        if len(reply) == 2 and reply[1] == NEED_TYPES:
+            status, _ = parse_step_reply(reply[:1])
+            return status, self.step(None, fetch)[1]
         if fetch:
             self.woke = False
-        return parse_step_reply(reply)
+        status, job = parse_step_reply(reply)
+        self.short = job is not None and self.serves_short[-1] != ""
+        return status, job
 
     def close(self) -> None:
         self.connection.disconnect()

@@ -45,6 +45,18 @@ class Keys:
         """Sorted set: job type -> enqueue sequence of the head of its ready list."""
         return self._key("heads", priority)
 
+    def group_heads(self, priority: str, group: str) -> str:
+        """Sorted set: ``heads`` for the job types of one consumer group only."""
+        return self._key("gheads", priority, group)
+
+    def groups(self, job_type: str) -> str:
+        """Set of the consumer groups (ids) that serve a job type."""
+        return self._key("groups", job_type)
+
+    def group(self, group: str) -> str:
+        """Hash: priority -> '1' for each priority whose ``group_heads`` is built."""
+        return self._key("group", group)
+
     def wake(self, priority: str, job_type: str) -> str:
         """List of wake-up tokens that idle consumers block on (``*`` = any type)."""
         return self._key("wake", priority, job_type)

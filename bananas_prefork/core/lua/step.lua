@@ -15,12 +15,15 @@
 -- ARGV[12] '0' not to fetch, '1' to fetch the next job, '2' to fetch it as the
 --          first fetch after waiting idle (see lib/fetch.lua)
 -- ARGV[13] the number P of priorities, then ARGV[14..13+P] the priorities in
---          the order they are served, then the job types ('*' alone: any type);
---          separate arguments, so that no call parses a list
+--          the order they are served, then the consumer group id ('' for none: any
+--          type, or one type; see lib/fetch.lua), then the job types ('*' alone:
+--          any type; none: the group's, see lib/fetch.lua); separate arguments, so
+--          that no call parses a list
 --
 -- Returns {settled, id, name, priority, args, kwargs, options, attempts, enqueued_at}
--- with only {settled} when no job was fetched; settled is as in lib/settle.lua
--- ('' when nothing was settled).
+-- with only {settled} when no job was fetched, and {settled, 'types'} when the
+-- fetch needs the job types that were left out (ask again with them); settled
+-- is as in lib/settle.lua ('' when nothing was settled).
 
 --! include lib/keys.lua
 --! include lib/queue.lua
@@ -50,16 +53,16 @@ local prios, types = {}, {}
 for i = 1, nprios do
     prios[i] = ARGV[13 + i]
 end
-for i = 14 + nprios, #ARGV do
+for i = 15 + nprios, #ARGV do
     types[#types + 1] = ARGV[i]
 end
-local job = fetch(owned, owner_key, owner, slot, ARGV[4], prios, types, now_s, not freed,
-    ARGV[12] == '2')
-if job == nil then
+local job = fetch(owned, owner_key, owner, slot, ARGV[4], prios, types, ARGV[14 + nprios],
+    now_s, not freed, ARGV[12] == '2')
+if job == nil or job == NEED_TYPES then
     if freed then
         redis.call('HDEL', owned, slot)
     end
-    return {settled}
+    return job and {settled, job} or {settled}
 end
 table.insert(job, 1, settled)
 return job

@@ -7,6 +7,7 @@
 
 local JOB_FIELDS = {'name', 'priority', 'args', 'kwargs', 'options', 'attempts', 'enqueued_at'}
 local ATTEMPTS = 7  -- position of 'attempts' in a reply ({id, fields...})
+local NEED_TYPES = 'types'  -- fetch's answer when it needs the consumer's job types
 
 -- {id, name, priority, args, kwargs, options, attempts, enqueued_at}; name is
 -- false when the job's record is gone.
@@ -16,14 +17,48 @@ local function job_reply(id)
     return fields
 end
 
--- The job type whose head job is the oldest among `types` ('*' = any type),
--- and whether it is the only type in the index (see lib/queue.lua).
-local function oldest_type(prio, types)
-    local heads = key('heads', prio)
+-- A group's copy of the heads index (lib/queue.lua) is built per priority the
+-- first time a consumer of the group fetches from it, and again whenever the
+-- record of what was built is missing (a Redis that lost its data):
+-- group:<gid> is a hash priority -> '1'. Building needs the group's types;
+-- without them (`types` empty) this returns false when there is work to do.
+local function ensure_group(gid, prios, types)
+    local marker = key('group', gid)
+    local built = redis.call('HMGET', marker, unpack(prios))
+    for i, prio in ipairs(prios) do
+        if not built[i] then
+            if #types == 0 then
+                return false
+            end
+            for _, jtype in ipairs(types) do
+                redis.call('SADD', key('groups', jtype), gid)
+            end
+            local gheads = key('gheads', prio, gid)
+            redis.call('DEL', gheads)
+            local seqs = redis.call('ZMSCORE', key('heads', prio), unpack(types))
+            for j, jtype in ipairs(types) do
+                if seqs[j] then
+                    redis.call('ZADD', gheads, seqs[j], jtype)
+                end
+            end
+            redis.call('HSET', marker, prio, '1')
+        end
+    end
+    return true
+end
+
+-- The job type whose head job is the oldest among `types` ('*' = any type; a
+-- group's types when `gid` is not ''), and whether it is the only type in the
+-- heads index (see lib/queue.lua).
+local function oldest_type(prio, types, gid)
     if types[1] == '*' then
-        local first = redis.call('ZRANGE', heads, 0, 1)
+        local first = redis.call('ZRANGE', key('heads', prio), 0, 1)
         return first[1], first[2] == nil
     end
+    if gid ~= '' then
+        return redis.call('ZRANGE', key('gheads', prio, gid), 0, 0)[1], false
+    end
+    local heads = key('heads', prio)
     local best, best_seq = nil, nil
     for _, jtype in ipairs(types) do
         local seq = redis.call('ZSCORE', heads, jtype)
@@ -63,11 +98,15 @@ local function clear_stale_tokens(prios, types)
     end
 end
 
+-- `gid`: the consumer group of `types` ('' for '*' or a single type). A group's
+-- consumer may leave its types out (the group's copy of the heads index knows
+-- them): when they are needed after all, this returns NEED_TYPES and the
+-- consumer asks again with them.
 -- `check_held`: the slot may already hold a job (the reply to an earlier fetch
 -- was lost); false right after this slot settled its run. `woke`: the first
 -- fetch after the slot waited idle; when jobs remain in the list it took one
 -- from, it wakes the next idle consumer (enqueue wakes only on empty lists).
-local function fetch(owned, owner_key, owner, slot, owner_ttl_ms, prios, types, now_s,
+local function fetch(owned, owner_key, owner, slot, owner_ttl_ms, prios, types, gid, now_s,
                      check_held, woke)
     if check_held then
         local held = redis.call('HGET', owned, slot)
@@ -75,8 +114,11 @@ local function fetch(owned, owner_key, owner, slot, owner_ttl_ms, prios, types, 
             return job_reply(held)
         end
     end
+    if gid ~= '' and not ensure_group(gid, prios, types) then
+        return NEED_TYPES
+    end
     for _, prio in ipairs(prios) do
-        local jtype, alone = oldest_type(prio, types)
+        local jtype, alone = oldest_type(prio, types, gid)
         while jtype do
             local id, more = pop_ready(prio, jtype, alone)
             if id then
@@ -89,8 +131,11 @@ local function fetch(owned, owner_key, owner, slot, owner_ttl_ms, prios, types, 
                     return claim(owned, owner_key, owner, slot, owner_ttl_ms, reply, now_s)
                 end
             end
-            jtype, alone = oldest_type(prio, types)
+            jtype, alone = oldest_type(prio, types, gid)
         end
+    end
+    if #types == 0 then
+        return NEED_TYPES  -- to clear the stale tokens of its types
     end
     clear_stale_tokens(prios, types)
     return nil
