@@ -28,6 +28,21 @@
 local RUN_MAX = 1000  -- ids per RPUSH
 
 local now, now_s = redis_now()
+
+-- The usual single job (a generated id, arguments only, ready now), without the
+-- batch's loop and tables: what follows does the same for it, a few us slower.
+if #ARGV == 11 and ARGV[9] == '0' and ARGV[8] == '' and ARGV[7] == '' and ARGV[6] == '{}' then
+    local name, prio, id = ARGV[4], ARGV[5], ARGV[10]
+    local seq_s = tostring(redis.call('INCR', KEYS[1]))
+    redis.call('HSET', key('job', id), 'name', name, 'priority', prio, 'args', ARGV[11],
+        'state', 'queued', 'seq', seq_s, 'enqueued_at', now_s)
+    if push_ready(id, prio, name, seq_s, false) == 1 then
+        redis.call('SADD', key('queues'), prio .. ':' .. name)
+        wake(prio, name, 1)
+    end
+    return {}
+end
+
 local total = tonumber(ARGV[2])
 local base = nil  -- seq before the batch: counted on the first job created, so that a
                   -- batch of existing ids changes nothing; skipped jobs leave gaps
