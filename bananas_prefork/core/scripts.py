@@ -8,6 +8,7 @@ restart without any code here.
 from __future__ import annotations
 
 import re
+from collections import Counter
 from functools import cache
 from importlib import resources
 
@@ -17,6 +18,7 @@ _INCLUDE = re.compile(r"^--! include (\S+)\s*$", re.MULTILINE)
 # A shared function: from 'local function name(' at the start of a line to the first
 # 'end' alone at the start of a line (the libraries' layout).
 _COMMENT = re.compile(r"--[^\n]*")
+_WORD = re.compile(r"\w+")
 _FUNCTION = re.compile(r"^local function (\w+)\(.*?^end\n", re.MULTILINE | re.DOTALL)
 
 
@@ -38,9 +40,10 @@ def without_unused_functions(source: str) -> str:
     is a closure built (and collected) per call, used or not.
     """
     while True:
+        uses = Counter(_WORD.findall(_COMMENT.sub("", source)))
         unused = [m for m in _FUNCTION.finditer(source)
-                  if not re.search(rf"\b{m.group(1)}\b",
-                                   _COMMENT.sub("", source[:m.start()] + source[m.end():]))]
+                  if uses[m.group(1)] == _WORD.findall(_COMMENT.sub("", m.group(0))).count(
+                      m.group(1))]
         if not unused:
             return source
         for match in reversed(unused):
