@@ -47,18 +47,19 @@ local total = tonumber(ARGV[2])
 local base = nil  -- seq before the batch: counted on the first job created, so that a
                   -- batch of existing ids changes nothing; skipped jobs leave gaps
 local woken, fresh, skipped, seen = {}, {}, {}, {}
-local name, prio, pair, kwargs, options, when, check
-local run, run_first = {}, nil
+local name, prio, pair, kwargs, options, when, check, plain
+local run, run_len, run_first = {}, 0, nil
+local job_prefix = key('job', '')
 
 local function flush_run()
-    if #run > 0 then
+    if run_len > 0 then
         if push_run(prio, name, run, run_first) then
             fresh[pair] = true
         end
         if fresh[pair] then
-            woken[pair] = (woken[pair] or 0) + #run
+            woken[pair] = (woken[pair] or 0) + run_len
         end
-        run = {}
+        run, run_len = {}, 0
     end
 end
 
@@ -70,11 +71,14 @@ while i <= argc do
         name, prio, kwargs, options, when = ARGV[i + 1], ARGV[i + 2], ARGV[i + 3], ARGV[i + 4],
             ARGV[i + 5]
         check = ARGV[i + 6] == '1'
+        -- the common job, written inline and lean: no attempts ('0') and no kwargs ('{}'),
+        -- which readers take as their defaults (job.py)
+        plain = when == '' and options == '' and kwargs == '{}'
         pair = prio .. ':' .. name
         i = i + 7
     else
         pos = pos + 1
-        if check and (seen[id] or redis.call('EXISTS', key('job', id)) == 1) then
+        if check and (seen[id] or redis.call('EXISTS', job_prefix .. id) == 1) then
             skipped[#skipped + 1] = pos
         else
             if check then
@@ -85,10 +89,8 @@ while i <= argc do
             end
             local seq_s = tostring(base + pos)
             local due = nil
-            if when == '' and options == '' and kwargs == '{}' then
-                -- the common job, inline and lean: no attempts ('0') and no kwargs ('{}'),
-                -- which readers take as their defaults (job.py)
-                redis.call('HSET', key('job', id), 'name', name, 'priority', prio,
+            if plain then
+                redis.call('HSET', job_prefix .. id, 'name', name, 'priority', prio,
                     'args', ARGV[i + 1], 'state', 'queued', 'seq', seq_s, 'enqueued_at', now_s)
             else
                 due = record_job(id, name, prio, ARGV[i + 1], kwargs, options, when, seq_s,
@@ -98,10 +100,11 @@ while i <= argc do
                 schedule(id, due)
                 woken[pair] = woken[pair] or 0
             else
-                run[#run + 1] = id
-                if #run == 1 then
+                run_len = run_len + 1
+                run[run_len] = id
+                if run_len == 1 then
                     run_first = seq_s
-                elseif #run == RUN_MAX then
+                elseif run_len == RUN_MAX then
                     flush_run()
                 end
             end
