@@ -13,8 +13,7 @@ steady-state rate (first job done -> last job done) and its share of that.
     .venv/bin/python bench/scaling.py --only threads --repeat 3 --json out.json
 
 Sections: ``processes`` (1, 2, 4, 8 processes x 1 thread; noop and io),
-``threads`` (1 process x 1, 4, 16 threads; io), ``prefetch`` (2 processes x 1
-thread, noop, without and with ``prefetch``).
+``threads`` (1 process x 1, 4, 16 threads; io).
 """
 
 from __future__ import annotations
@@ -41,7 +40,7 @@ from harness import (  # noqa: E402
 )
 
 NAMESPACE = "benchscale"
-SECTIONS = ("processes", "threads", "prefetch")
+SECTIONS = ("processes", "threads")
 
 
 def fill(n: int, task: str, hold: float) -> None:
@@ -81,20 +80,20 @@ def drain(sess: Session, name: str, task: str, n: int, pool: dict[str, Any],
             "startup_s": first - launched}
 
 
-def case(sess: Session, opts: argparse.Namespace, task: str, processes: int, threads: int,
-         **extra: Any) -> Result:
+def case(sess: Session, opts: argparse.Namespace, task: str, processes: int,
+         threads: int) -> Result:
     n = opts.jobs if task == "noop" else opts.io_jobs * processes * threads
-    pool = {"concurrency": processes * threads, "threads": threads, **extra}
+    pool = {"concurrency": processes * threads, "threads": threads}
     runs = [drain(sess, f"{task}-{processes}x{threads}", task, n, pool, opts.sleep)
             for _ in range(opts.repeat)]
-    out: Result = {"task": task, "processes": processes, "threads": threads, **extra,
+    out: Result = {"task": task, "processes": processes, "threads": threads,
                    "runs": runs}
     for key in ("drain_per_s", "steady_per_s", "startup_s"):
         out[key] = statistics.median(r[key] for r in runs)
     if task == "io":
         out["theoretical_per_s"] = processes * threads / opts.sleep
         out["share"] = out["steady_per_s"] / out["theoretical_per_s"]
-    line = (f"  {task:<5}{processes:>4} x {threads:<3}{extra.get('prefetch', ''):>9}"
+    line = (f"  {task:<5}{processes:>4} x {threads:<3}"
             f"{out['drain_per_s']:>12,.0f}{out['steady_per_s']:>12,.0f}"
             f"{out['startup_s']:>10.2f}")
     if task == "io":
@@ -104,7 +103,7 @@ def case(sess: Session, opts: argparse.Namespace, task: str, processes: int, thr
 
 
 def sections(sess: Session, opts: argparse.Namespace) -> Result:
-    print(f"\n  {'job':<5}{'proc x thr':>10}{'prefetch':>9}{'drain/s':>12}{'steady/s':>12}"
+    print(f"\n  {'job':<5}{'proc x thr':>10}{'drain/s':>12}{'steady/s':>12}"
           f"{'start s':>10}{'theory/s':>12}{'share':>9}")
     results: Result = {}
     if "processes" in opts.sections:
@@ -112,9 +111,6 @@ def sections(sess: Session, opts: argparse.Namespace) -> Result:
                                 for p in (1, 2, 4, 8)]
     if "threads" in opts.sections:
         results["threads"] = [case(sess, opts, "io", 1, t) for t in (1, 4, 16)]
-    if "prefetch" in opts.sections:
-        results["prefetch"] = [case(sess, opts, "noop", 2, 1),
-                               case(sess, opts, "noop", 2, 1, prefetch=opts.prefetch)]
     print(f"\n  median of {opts.repeat}; noop N={opts.jobs}, io: {opts.io_jobs} jobs per slot "
           f"sleeping {opts.sleep * 1000:g} ms; steady = (N-1) / (first -> last job done)")
     return results
@@ -125,7 +121,6 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--jobs", type=int, default=10000, help="noop jobs per case")
     parser.add_argument("--io-jobs", type=int, default=100, help="io jobs per slot")
     parser.add_argument("--sleep", type=float, default=0.010, help="io job duration, s")
-    parser.add_argument("--prefetch", type=int, default=8)
     parser.add_argument("--repeat", type=int, default=1)
     parser.add_argument("--only", default=",".join(SECTIONS))
     parser.add_argument("--json", type=Path)
