@@ -8,7 +8,7 @@ build the same keys from the same prefix with ``key(part, ...)`` in
 
 from __future__ import annotations
 
-PRIORITIES: tuple[str, ...] = ("high", "normal", "low")
+PRIORITIES: tuple[str, ...] = ("high", "normal", "low")  # also in lua/lib/keys.lua
 ANY_TYPE = "*"
 
 
@@ -54,7 +54,7 @@ class Keys:
         return self._key("groups", job_type)
 
     def group(self, group: str) -> str:
-        """Hash: priority -> '1' for each priority whose ``group_heads`` is built."""
+        """String: present while the group's ``group_heads`` (every priority) are built."""
         return self._key("group", group)
 
     def wake(self, priority: str, job_type: str) -> str:

@@ -172,3 +172,15 @@ def test_renewal_lists_the_owners_it_keeps_alive(app: App, rclient: redis.Redis)
     app.broker.renew_owners(["o1", "o2"])
     assert rclient.smembers(keys.owners) == {"o1", "o2"}
     assert rclient.pttl(keys.owner("o1")) > 0
+
+
+def test_a_group_built_by_a_consumer_of_some_priorities_serves_all(app: App) -> None:
+    a0 = app.enqueue("a")  # already queued when the group is built
+    typed = ["a", "b"]
+    assert app.broker.step("hi", 0, None, True, ["high"], typed)[1] is None  # builds it
+    b1, a1 = app.enqueue("b"), app.enqueue("a")
+    both = app.broker.channel("both", 0, ["high", "normal"], typed)
+    try:
+        assert drain_channel(both) == [a0, b1, a1]
+    finally:
+        both.close()

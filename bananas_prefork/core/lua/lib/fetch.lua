@@ -17,33 +17,33 @@ local function job_reply(id)
     return fields
 end
 
--- A group's copy of the heads index (lib/queue.lua) is built per priority the
--- first time a consumer of the group fetches from it, and again whenever the
--- record of what was built is missing (a Redis that lost its data):
--- group:<gid> is a hash priority -> '1'. Building needs the group's types;
--- without them (`types` empty) this returns false when there is work to do.
-local function ensure_group(gid, prios, types)
+-- A group's copy of the heads index (lib/queue.lua), for every priority, is
+-- built when a consumer of the group finds nothing in it and the group's record
+-- (group:<gid>) is missing: the group's first fetch, or a Redis that lost its
+-- data. Returns true when it built the copy, nil when it was there, false when
+-- it needs the group's types and `types` is empty.
+local function ensure_group(gid, types)
     local marker = key('group', gid)
-    local built = redis.call('HMGET', marker, unpack(prios))
-    for i, prio in ipairs(prios) do
-        if not built[i] then
-            if #types == 0 then
-                return false
+    if redis.call('EXISTS', marker) == 1 then
+        return nil
+    end
+    if #types == 0 then
+        return false
+    end
+    for _, jtype in ipairs(types) do
+        redis.call('SADD', key('groups', jtype), gid)
+    end
+    for _, prio in ipairs(PRIORITIES) do
+        local gheads = key('gheads', prio, gid)
+        redis.call('DEL', gheads)
+        local seqs = redis.call('ZMSCORE', key('heads', prio), unpack(types))
+        for j, jtype in ipairs(types) do
+            if seqs[j] then
+                redis.call('ZADD', gheads, seqs[j], jtype)
             end
-            for _, jtype in ipairs(types) do
-                redis.call('SADD', key('groups', jtype), gid)
-            end
-            local gheads = key('gheads', prio, gid)
-            redis.call('DEL', gheads)
-            local seqs = redis.call('ZMSCORE', key('heads', prio), unpack(types))
-            for j, jtype in ipairs(types) do
-                if seqs[j] then
-                    redis.call('ZADD', gheads, seqs[j], jtype)
-                end
-            end
-            redis.call('HSET', marker, prio, '1')
         end
     end
+    redis.call('SET', marker, '1')
     return true
 end
 
@@ -106,17 +106,7 @@ end
 -- was lost); false right after this slot settled its run. `woke`: the first
 -- fetch after the slot waited idle; when jobs remain in the list it took one
 -- from, it wakes the next idle consumer (enqueue wakes only on empty lists).
-local function fetch(owned, owner_key, owner, slot, owner_ttl_ms, prios, types, gid, now_s,
-                     check_held, woke)
-    if check_held then
-        local held = redis.call('HGET', owned, slot)
-        if held then
-            return job_reply(held)
-        end
-    end
-    if gid ~= '' and not ensure_group(gid, prios, types) then
-        return NEED_TYPES
-    end
+local function take(owned, owner_key, owner, slot, owner_ttl_ms, prios, types, gid, now_s, woke)
     for _, prio in ipairs(prios) do
         local jtype, alone = oldest_type(prio, types, gid)
         while jtype do
@@ -133,6 +123,29 @@ local function fetch(owned, owner_key, owner, slot, owner_ttl_ms, prios, types, 
             end
             jtype, alone = oldest_type(prio, types, gid)
         end
+    end
+    return nil
+end
+
+local function fetch(owned, owner_key, owner, slot, owner_ttl_ms, prios, types, gid, now_s,
+                     check_held, woke)
+    if check_held then
+        local held = redis.call('HGET', owned, slot)
+        if held then
+            return job_reply(held)
+        end
+    end
+    local job = take(owned, owner_key, owner, slot, owner_ttl_ms, prios, types, gid, now_s, woke)
+    if job == nil and gid ~= '' then
+        local built = ensure_group(gid, types)
+        if built == false then
+            return NEED_TYPES
+        elseif built then
+            job = take(owned, owner_key, owner, slot, owner_ttl_ms, prios, types, gid, now_s, woke)
+        end
+    end
+    if job then
+        return job
     end
     if #types == 0 then
         return NEED_TYPES  -- to clear the stale tokens of its types
