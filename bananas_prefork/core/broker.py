@@ -55,19 +55,21 @@ class EnqueueBatch:
     share (type, priority, kwargs, options, time) go once, in a header; each job adds
     its id and arguments. A batch of like jobs costs two arguments per job."""
 
-    __slots__ = ("_checks", "_header", "argv", "count")
+    __slots__ = ("_checks", "_header", "_plain", "argv", "count")
 
     def __init__(self, prefix: str) -> None:
         self.argv: list[str] = [prefix, ""]  # [1]: the number of jobs, set by broker.enqueue
         self.count = 0
         self._header: tuple[str, str, str, str, str, str] | None = None
         self._checks: list[int] = []  # where each header's check flag is in argv
+        self._plain = ("", "")  # (name, priority) of the header when add_plain may follow it
 
     def add(self, job_id: str, name: str, priority: str, args_json: str, kwargs_json: str,
             options_json: str, when: str, given_id: bool) -> None:
         header = (name, priority, kwargs_json, options_json, when, "1" if given_id else "0")
         if header != self._header:
             self._header = header
+            self._plain = (name, priority) if header[2:] == _PLAIN else ("", "")
             self.argv.append("")
             self.argv.extend(header)
             self._checks.append(len(self.argv) - 1)
@@ -77,8 +79,8 @@ class EnqueueBatch:
 
     def add_plain(self, job_id: str, name: str, priority: str, args_json: str) -> None:
         """A job with a generated id and nothing but arguments (enqueue_many's usual item)."""
-        header = self._header
-        if header is None or header[0] != name or header[1] != priority or header[2:] != _PLAIN:
+        plain_name, plain_priority = self._plain
+        if name != plain_name or priority != plain_priority:
             self.add(job_id, name, priority, args_json, "{}", "", "", False)
             return
         self.argv.append(job_id)
@@ -94,7 +96,7 @@ class EnqueueBatch:
         the jobs, so generated ids are checked too and nothing is enqueued twice."""
         for index in self._checks:
             self.argv[index] = "1"
-        self._header = None
+        self._header, self._plain = None, ("", "")
 
 
 @dataclass(slots=True)
