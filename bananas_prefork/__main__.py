@@ -1,3 +1,3 @@
-from .ops.cli import main
+from .ops.entry import main
 
 main()

@@ -71,3 +71,10 @@ def noop(enqueued_at: float = 0.0, record: int = COUNT_ONLY) -> None:
         pipe.hset(STARTED_KEY, job.id if job else "?", repr(started))
     pipe.incr(DONE_KEY)
     pipe.execute()
+
+
+@app.task(name="io")
+def io(hold: float = 0.010) -> None:
+    """An I/O-bound job: wait ``hold`` seconds (as on a network call), then report."""
+    time.sleep(hold)
+    _counter().incr(DONE_KEY)

@@ -15,7 +15,7 @@ from functools import cached_property
 from typing import Any, Generic, ParamSpec, TypeVar
 
 from . import job as jobs
-from .broker import Broker, NewJob
+from .broker import Broker, EnqueueBatch, NewJob
 from .config import PeriodicConfig, check_schedule
 from .connection import EMBEDDED, connect, resolve, url_problem
 from .durations import parse_duration
@@ -241,9 +241,18 @@ class App:
         Each item is ``(name, args)``, ``(name, args, kwargs)`` or
         ``(name, args, kwargs, options)`` where options are enqueue()'s keywords.
         """
-        batch = [self._new_job_from_item(item, index) for index, item in enumerate(items)]
-        self.broker.enqueue(batch)
-        return [job.id for job in batch]
+        batch = EnqueueBatch(self.broker.prefix)
+        ids = []
+        plain = _PlainItems(self, batch)
+        for index, item in enumerate(items):
+            job_id = plain.add(item)
+            if job_id is None:
+                job = self._new_job_from_item(item, index)
+                batch.add_job(job)
+                job_id = job.id
+            ids.append(job_id)
+        self.broker.enqueue_batch(batch)
+        return ids
 
     def _new_job_from_item(self, item: Sequence[Any], index: int) -> NewJob:
         if isinstance(item, str | bytes) or not 2 <= len(item) <= 4:
@@ -298,6 +307,7 @@ class App:
             kwargs_json=kwargs_json,
             options_json=jobs.dumps(options, "options") if options else "",
             when=_when(delay, at),
+            given_id=job_id is not None,
         )
 
     # -- reading -------------------------------------------------------------
@@ -312,6 +322,43 @@ class App:
 
     def __repr__(self) -> str:
         return f"<App namespace={self.namespace!r} tasks={sorted(self.tasks)}>"
+
+
+class _PlainItems:
+    """enqueue_many's usual item, ``(name, [args...])``, without building a NewJob:
+    a name is checked once per batch, ids come from one random draw per 256 jobs."""
+
+    def __init__(self, app: App, batch: EnqueueBatch) -> None:
+        self.app = app
+        self.batch = batch
+        self.priorities: dict[str, str] = {}  # checked name -> its default priority
+        self.random = ""
+        self.used = 0
+
+    def add(self, item: Sequence[Any]) -> str | None:
+        """The new job's id; None for anything else (the full path then checks it
+        and says what is wrong)."""
+        if type(item) not in (tuple, list) or len(item) != 2:
+            return None
+        name, args = item
+        if type(name) is not str or type(args) not in (list, tuple):
+            return None
+        priority = self.priorities.get(name)
+        if priority is None:
+            if not _NAME.match(name):
+                return None
+            task = self.app.tasks.get(name)
+            priority = self.priorities[name] = task.priority if task else "normal"
+        try:
+            args_json = jobs.dumps(args, "args") if args else "[]"
+        except ValueError:
+            return None
+        if self.used == len(self.random):
+            self.random, self.used = os.urandom(16 * 256).hex(), 0
+        job_id = self.random[self.used:self.used + 32]
+        self.used += 32
+        self.batch.add_plain(job_id, name, priority, args_json)
+        return job_id
 
 
 def _check_name(name: object) -> str:

@@ -7,17 +7,22 @@ tools. Reads are plain commands. Nothing here knows about processes.
 
 from __future__ import annotations
 
+import hashlib
 import logging
+import os
+import random
+import threading
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, cast
 
+import hiredis
 import redis
+from redis.commands.core import Script
 
-from .errors import is_transient
 from .job import Job, JobInfo
-from .keys import PRIORITIES, Keys
+from .keys import ANY_TYPE, PRIORITIES, Keys
 from .scripts import Scripts
 
 log = logging.getLogger(__name__)
@@ -25,6 +30,7 @@ log = logging.getLogger(__name__)
 SUCCEEDED, RETRY, DEAD = "succeeded", "retry", "dead"
 ENQUEUE_CHUNK = 1000  # jobs per enqueue call: ~10 ms of Redis time at most
 LOST_OWNERSHIP = -1
+ENQUEUE_RETRIES = 3  # sends after the first when the connection drops (as the client's)
 
 
 @dataclass(frozen=True)
@@ -38,15 +44,81 @@ class NewJob:
     kwargs_json: str
     options_json: str = ""
     when: str = ""  # '' now, '+<s>' delay, '@<epoch>' absolute
-
-    def as_argv(self) -> tuple[str, ...]:
-        return (self.id, self.name, self.priority, self.args_json, self.kwargs_json,
-                self.options_json, self.when)
+    given_id: bool = True  # False: a generated id, unique without checking Redis
 
 
-@dataclass(frozen=True)
+_PLAIN = ("{}", "", "", "0")  # a header's kwargs, options, when and check for add_plain
+
+
+class EnqueueBatch:
+    """Jobs packed as the enqueue script reads them: the fields that consecutive jobs
+    share (type, priority, kwargs, options, time) go once, in a header; each job adds
+    its id and arguments. A batch of like jobs costs two arguments per job. A batch
+    comes in parts of up to ENQUEUE_CHUNK jobs, one script call each."""
+
+    __slots__ = ("_checks", "_header", "_in_part", "_plain", "_prefix", "argv", "count",
+                 "part_counts", "parts")
+
+    def __init__(self, prefix: str) -> None:
+        self._prefix = prefix
+        self.parts: list[list[str]] = []  # each: [prefix, its number of jobs, ...]
+        self.part_counts: list[int] = []
+        self.count = 0
+        self._checks: list[tuple[list[str], int]] = []  # each header's check flag
+        self._new_part()
+
+    def _new_part(self) -> None:
+        self.argv: list[str] = [self._prefix, ""]
+        self.parts.append(self.argv)
+        self.part_counts.append(0)
+        self._in_part = 0
+        self._header: tuple[str, str, str, str, str, str] | None = None
+        self._plain = ("", "")  # (name, priority) of the header when add_plain may follow it
+
+    def add(self, job_id: str, name: str, priority: str, args_json: str, kwargs_json: str,
+            options_json: str, when: str, given_id: bool) -> None:
+        if self._in_part == ENQUEUE_CHUNK:
+            self._new_part()
+        header = (name, priority, kwargs_json, options_json, when, "1" if given_id else "0")
+        if header != self._header:
+            self._header = header
+            self._plain = (name, priority) if header[2:] == _PLAIN else ("", "")
+            self.argv.append("")
+            self.argv.extend(header)
+            self._checks.append((self.argv, len(self.argv) - 1))
+        self._append(job_id, args_json)
+
+    def add_plain(self, job_id: str, name: str, priority: str, args_json: str) -> None:
+        """A job with a generated id and nothing but arguments (enqueue_many's usual item)."""
+        plain_name, plain_priority = self._plain
+        if self._in_part == ENQUEUE_CHUNK or name != plain_name or priority != plain_priority:
+            self.add(job_id, name, priority, args_json, "{}", "", "", False)
+            return
+        self._append(job_id, args_json)
+
+    def _append(self, job_id: str, args_json: str) -> None:
+        self.argv.append(job_id)
+        self.argv.append(args_json)
+        self._in_part += 1
+        self.part_counts[-1] = self._in_part
+        self.count += 1
+
+    def add_job(self, job: NewJob) -> None:
+        self.add(job.id, job.name, job.priority, job.args_json, job.kwargs_json,
+                 job.options_json, job.when, job.given_id)
+
+    def check_every_id(self) -> None:
+        """Before sending again after a lost reply: the first call may have created
+        the jobs, so generated ids are checked too and nothing is enqueued twice."""
+        for part, index in self._checks:
+            part[index] = "1"
+        self._header, self._plain = None, ("", "")
+
+
+@dataclass(slots=True)
 class Settlement:
-    """How a run ended, as the step script records it."""
+    """How a run ended, as the step script records it (one per job: not frozen, whose
+    __init__ costs a call per field)."""
 
     mode: str  # SUCCEEDED | RETRY | DEAD
     job: Job
@@ -69,7 +141,6 @@ class NotReplicated(redis.ConnectionError):
 
 
 REPLICA_ACK_TIMEOUT_MS = 1000
-ENQUEUE_ATTEMPTS = 5
 
 
 class Broker:
@@ -94,10 +165,25 @@ class Broker:
         self.dead_ttl = max(1, int(dead_ttl))
         self.owner_ttl = owner_ttl
         self.max_redeliveries = max_redeliveries
+        self._local = threading.local()
 
     @property
     def prefix(self) -> str:
         return self.keys.prefix
+
+    def _connection(self) -> ScriptConnection:
+        """This thread's own connection for enqueue calls (new after a fork).
+
+        The client's per-command bookkeeping costs more than the enqueue script
+        itself; a connection per thread needs none of it. The retry is ours
+        (``enqueue_batch``).
+        """
+        local = self._local
+        connection: ScriptConnection | None = getattr(local, "connection", None)
+        if connection is None or local.pid != os.getpid():
+            connection = ScriptConnection(self.client)
+            local.connection, local.pid = connection, os.getpid()
+        return connection
 
     # Liveness. The promise: a dead owner's jobs are back in their queues within
     # ``owner_ttl``. That is the owner key's lifetime after its last renewal plus
@@ -136,43 +222,49 @@ class Broker:
     # -- producing ---------------------------------------------------------
 
     def enqueue(self, jobs: Sequence[NewJob]) -> list[bool]:
-        """Record and queue the jobs in order; False where the id already existed.
+        """Record and queue the jobs in order; False where the id already existed."""
+        batch = EnqueueBatch(self.prefix)
+        for job in jobs:
+            batch.add_job(job)
+        return self.enqueue_batch(batch)
 
-        Up to ENQUEUE_CHUNK jobs are one atomic script call; a bigger batch is several
-        calls sent in one round trip (each chunk all or nothing), so that no call runs
-        long enough to stall Redis for every other client.
-        """
-        keys = [self.keys.seq, self.keys.queues]
-        chunks = [jobs[start:start + ENQUEUE_CHUNK]
-                  for start in range(0, len(jobs), ENQUEUE_CHUNK)]
-        if len(chunks) == 1 and not self.min_replicas_ack:
-            return [bool(f) for f in self.scripts.enqueue(keys=keys, args=_argv(self, jobs))]
-        return self._enqueue_in_chunks(keys, chunks)
+    def enqueue_batch(self, batch: EnqueueBatch) -> list[bool]:
+        """The same for a packed batch: one script call per part of up to ENQUEUE_CHUNK
+        jobs, each part all or nothing (no call runs long enough to stall Redis for
+        every other client). A part whose reply was lost is sent again with every id
+        checked, so nothing is enqueued twice; with ``min_replicas_ack`` the last part
+        waits (WAIT, in the same round trip) until enough replicas have the writes."""
+        flags: list[bool] = []
+        if not batch.count:
+            return flags
+        for number, (part, count) in enumerate(zip(batch.parts, batch.part_counts,
+                                                   strict=True)):
+            part[1] = str(count)
+            last = number == len(batch.parts) - 1
+            skipped = self._send_part(batch, part, wait=last and self.min_replicas_ack > 0)
+            part_flags = [True] * count
+            for position in skipped:
+                part_flags[int(position) - 1] = False
+            flags += part_flags
+        return flags
 
-    def _enqueue_in_chunks(self, keys: list[str], chunks: list[Sequence[NewJob]]) -> list[bool]:
-        """The chunks in one round trip and, with ``min_replicas_ack``, a WAIT on the same
-        connection, sent again while too few replicas confirm (the first reply's flags
-        stand: a resend finds the ids it wrote)."""
-        flags: list[bool] | None = None
-        for attempt in range(1, ENQUEUE_ATTEMPTS + 1):
-            with self.client.pipeline(transaction=False) as pipe:
-                for chunk in chunks:
-                    self.scripts.enqueue(keys=keys, args=_argv(self, chunk), client=pipe)
-                if self.min_replicas_ack:
-                    pipe.execute_command(*self.wait_command)
-                replies = pipe.execute()
-            if not self.min_replicas_ack:
-                return [bool(flag) for reply in replies for flag in reply]
-            *replies, acked = replies
-            flags = flags or [bool(flag) for reply in replies for flag in reply]
+    def _send_part(self, batch: EnqueueBatch, part: list[str], wait: bool) -> list[Any]:
+        failures = 0
+        while True:
             try:
+                if not wait:
+                    return list(self._connection().call(self.scripts.enqueue, 1,
+                                                        self.keys.seq, *part))
+                skipped, acked = self._connection().call(
+                    self.scripts.enqueue, 1, self.keys.seq, *part, then=self.wait_command)
                 self.check_replicas(acked)
-                return flags
-            except NotReplicated:
-                if attempt == ENQUEUE_ATTEMPTS:
+                return list(skipped)
+            except (redis.ConnectionError, redis.TimeoutError):  # NotReplicated included
+                failures += 1
+                if failures > ENQUEUE_RETRIES:
                     raise
-                time.sleep(0.1 * attempt)
-        raise AssertionError("unreachable")
+                batch.check_every_id()
+                time.sleep(min(1.0, 0.05 * 2 ** failures) * random.uniform(0.5, 1))
 
     @property
     def wait_command(self) -> tuple[str, int, int]:
@@ -194,19 +286,23 @@ class Broker:
         fetch: bool,
         priorities: Sequence[str],
         job_types: Sequence[str],
+        *,
+        woke: bool = False,
     ) -> tuple[int | None, Job | None]:
         """Settle the slot's finished run (if any) and fetch its next job (if asked).
 
         Returns (settle status or None, next job or None). A status of
         LOST_OWNERSHIP means the run had been taken away; nothing changed.
-        Consumers call this through a ``StepChannel``; this is the same call
-        for everyone else (the master settling a timed-out job, tests).
+        ``woke``: the slot waited idle before this fetch (it then wakes the next
+        idle consumer when more jobs wait). Consumers call this through a
+        ``StepChannel``; this is the same call for everyone else (the master
+        settling a timed-out job, tests).
         """
         reply = self.scripts.step(
             keys=[self.keys.owned(owner), self.keys.owner(owner)],
             args=[self.prefix, owner, slot, int(self.liveness * 1000),
-                  *self.settle_args(settlement), "1" if fetch else "0",
-                  ",".join(priorities), ",".join(job_types)],
+                  *self.settle_args(settlement), fetch_flag(fetch, woke),
+                  *serves_args(priorities, job_types)],
         )
         return parse_step_reply(reply)
 
@@ -243,8 +339,14 @@ class Broker:
 
     def renew_owners(self, owners: Iterable[str]) -> None:
         """Keep owners alive: one pipelined round trip for all of them."""
+        owners = list(owners)
+        if not owners:
+            return
         ttl_ms = int(self.liveness * 1000)
         with self.client.pipeline(transaction=False) as pipe:
+            # Listed before the key is set: a live owner key always has its owner listed
+            # for recovery scans (a fetch sets the key only when it is missing).
+            pipe.sadd(self.keys.owners, *owners)
             for owner in owners:
                 pipe.set(self.keys.owner(owner), "1", px=ttl_ms)
             pipe.execute()
@@ -438,14 +540,72 @@ class Broker:
         self.scripts.load_all(self.client)
 
 
-def _argv(broker: Broker, jobs: Sequence[NewJob]) -> list[str]:
-    argv = [broker.prefix]
-    for job in jobs:
-        argv.extend(job.as_argv())
-    return argv
-
-
 NO_SETTLEMENT: tuple[Any, ...] = ("", "", 0, "", "", 0, 0)
+NEED_TYPES = "types"  # the step script's answer when a fetch needs the job types left out
+
+
+def fetch_flag(fetch: bool, woke: bool) -> str:
+    return ("2" if woke else "1") if fetch else "0"
+
+
+def serves_args(priorities: Sequence[str], job_types: Sequence[str]) -> tuple[str, ...]:
+    """What a slot serves, as the step script reads it: the lists as separate arguments,
+    and between them the consumer group of its types (lib/fetch.lua)."""
+    return (str(len(priorities)), *priorities, group_id(job_types), *job_types)
+
+
+def group_id(job_types: Sequence[str]) -> str:
+    """The consumer group of several job types, the same for every consumer of the same
+    set ('' for any type or a single one, which need no group)."""
+    if len(job_types) < 2 or ANY_TYPE in job_types:
+        return ""
+    return hashlib.sha1(",".join(sorted(set(job_types))).encode()).hexdigest()[:16]
+
+
+class ScriptConnection:
+    """A bare connection for script calls: one per consumer slot, one per thread for
+    enqueues.
+
+    redis-py's client spends about 50 us per command on bookkeeping (pool checkout,
+    retry wrapper, reply callbacks), more than a step or an enqueue script costs in
+    Redis; a connection of our own, sending EVALSHA packed by hiredis, needs none of
+    it. After NOSCRIPT (a restarted or flushed Redis) the source goes once with EVAL,
+    which loads it. After any error the connection is closed and the error raised:
+    the caller sends the same idempotent call again, on a new connection. It is
+    opened with ``connect()`` itself, which (with a Sentinel URL) asks the Sentinels
+    for the primary of the moment; an implicit reconnect would not.
+    """
+
+    def __init__(self, client: redis.Redis) -> None:
+        self.connection = client.connection_pool.make_connection()
+        self.connected = False
+
+    def call(self, script: Script, *args: Any, then: tuple[Any, ...] | None = None) -> Any:
+        """The script's reply; with ``then`` (a command such as WAIT, sent in the same
+        round trip), the pair of replies."""
+        try:
+            if not self.connected:
+                self.connection.connect()
+                self.connected = True
+            extra = [hiredis.pack_command(then)] if then else []
+            self.connection.send_packed_command(
+                [hiredis.pack_command(("EVALSHA", script.sha, *args)), *extra])
+            try:
+                reply = self.connection.read_response()
+            except redis.exceptions.NoScriptError:
+                if then:
+                    self.connection.read_response()  # the command after it answered too
+                self.connection.send_packed_command(
+                    [hiredis.pack_command(("EVAL", script.script, *args)), *extra])
+                reply = self.connection.read_response()
+            return (reply, self.connection.read_response()) if then else reply
+        except redis.RedisError:  # a reply may be left unread: never reuse the connection
+            self.close()
+            raise
+
+    def close(self) -> None:
+        self.connection.disconnect()
+        self.connected = False
 
 
 def parse_step_reply(reply: Sequence[Any]) -> tuple[int | None, Job | None]:
@@ -470,39 +630,38 @@ class StepChannel:
     def __init__(self, broker: Broker, owner: str, slot: int, priorities: Sequence[str],
                  job_types: Sequence[str]) -> None:
         self.broker = broker
-        self.connection = broker.client.connection_pool.make_connection()
+        self.connection = ScriptConnection(broker.client)
         self.script = broker.scripts.step
         keys = broker.keys
         self.head = (2, keys.owned(owner), keys.owner(owner), broker.prefix, owner, slot,
                      int(broker.liveness * 1000))
-        self.serves = (",".join(priorities), ",".join(job_types))
-        self.connected = False
+        self.serves = serves_args(priorities, job_types)
+        # A group's consumer sends its job types only when a fetch may need them
+        # (lib/fetch.lua): the first fetch, the first after an empty one, a retry.
+        self.serves_short = self.serves[:len(priorities) + 2]
+        self.short = False
+        self.woke = False  # set after the slot waited idle; cleared by its next fetch
 
     def step(self, settlement: Settlement | None,
              fetch: bool) -> tuple[int | None, Job | None]:
-        args = (*self.head, *self.broker.settle_args(settlement), "1" if fetch else "0",
-                *self.serves)
-        try:
-            if not self.connected:
-                # connect() itself, not send_command's implicit reconnect: only connect()
-                # asks a Sentinel pool where the primary is now.
-                self.connection.connect()
-                self.connected = True
-            try:
-                self.connection.send_command("EVALSHA", self.script.sha, *args)
-                reply = self.connection.read_response()
-            except redis.exceptions.NoScriptError:
-                self.connection.send_command("EVAL", self.script.script, *args)
-                reply = self.connection.read_response()
-            if settlement is not None and self.broker.min_replicas_ack:
-                self.connection.send_command(*self.broker.wait_command)
-                self.broker.check_replicas(self.connection.read_response())
-        except redis.RedisError as exc:
-            if is_transient(exc):  # reconnect: after a failover, to the new primary
-                self.close()
-            raise
-        return parse_step_reply(reply)
+        serves = self.serves_short if self.short and fetch else self.serves
+        self.short = False  # until this call has answered with a job
+        args = (*self.head, *self.broker.settle_args(settlement),
+                fetch_flag(fetch, self.woke), *serves)
+        if settlement is not None and self.broker.min_replicas_ack:
+            reply, acked = self.connection.call(self.script, *args,
+                                                then=self.broker.wait_command)
+            self.broker.check_replicas(acked)
+        else:
+            reply = self.connection.call(self.script, *args)
+        if len(reply) == 2 and reply[1] == NEED_TYPES:
+            status, _ = parse_step_reply(reply[:1])
+            return status, self.step(None, fetch)[1]
+        if fetch:
+            self.woke = False
+        status, job = parse_step_reply(reply)
+        self.short = job is not None and self.serves_short[-1] != ""
+        return status, job
 
     def close(self) -> None:
-        self.connection.disconnect()
-        self.connected = False
+        self.connection.close()

@@ -265,6 +265,7 @@ class Consumer:
                 if not fetch:
                     continue  # settled only: stopping, or a solo run waits for the slots
                 self._idle(slot, trouble)
+                channel.woke = True
                 continue
             self._gate.took()
             settlement = self._run(slot, job)
@@ -363,9 +364,7 @@ class Consumer:
             args, kwargs = job.decode_arguments()
         except ValueError as exc:
             return Settlement(DEAD, job, str(exc))
-        token = jobs.set_current_job(JobContext(id=job.id, name=job.name, attempt=job.attempt,
-                                                priority=job.priority, pool=self.pool,
-                                                enqueued_at=job.enqueued_at))
+        token = jobs.set_current_job(JobContext.of(job, self.pool))
         try:
             result = task.fn(*args, **kwargs)
         except BaseException as exc:  # a job must never take its slot down

@@ -3,11 +3,11 @@
 A job is one Redis hash (``Keys.job``). Its fields:
 
 ``name``, ``priority``            the task name (= job type) and the priority
-``args``, ``kwargs``              JSON text of the call arguments
+``args``, ``kwargs``              JSON text of the call arguments (no ``kwargs``: ``{}``)
 ``options``                       JSON text of per-job overrides (max_retries, timeout, ...)
 ``state``                         scheduled, queued, running, succeeded, failed or dead
                                   (written by the Lua scripts, which own every change)
-``attempts``, ``redeliveries``    runs started; runs lost with their child
+``attempts``, ``redeliveries``    runs started; runs lost with their child (absent: 0)
 ``seq``                           enqueue order across job types
 ``enqueued_at``, ``due_at``       epoch seconds
 ``ready_at``                      when it last went (back) to its queue after a delay, a
@@ -23,17 +23,26 @@ import json
 from collections.abc import Mapping, Sequence
 from contextvars import ContextVar, Token
 from dataclasses import dataclass, field
+from json.encoder import c_make_encoder, encode_basestring  # type: ignore[attr-defined]
 from typing import Any
 
-# One encoder for every call: json.dumps with options builds a new one each time.
+# One encoder for every call: json.dumps with options builds a new one each time,
+# and JSONEncoder.encode builds its C encoder each time too, which costs more than
+# encoding a small argument list. No circular check (a cycle ends in RecursionError).
 _ENCODER = json.JSONEncoder(separators=(",", ":"), allow_nan=False, ensure_ascii=False)
+_C_ENCODE = c_make_encoder(None, _ENCODER.default, encode_basestring, None, ":", ",", False,
+                           False, False) if c_make_encoder else None
 
 
 def dumps(value: Any, what: str) -> str:
     """Strict JSON (no NaN, no pickling fallbacks); ValueError says which value."""
+    if value is None:  # most tasks return nothing
+        return "null"
     try:
+        if _C_ENCODE is not None and type(value) in (list, dict):
+            return "".join(_C_ENCODE(value, 0))
         return _ENCODER.encode(value)
-    except (TypeError, ValueError) as exc:
+    except (TypeError, ValueError, RecursionError) as exc:
         raise ValueError(f"{what} must be JSON-serializable: {exc}") from None
 
 
@@ -54,17 +63,14 @@ class Job:
     @classmethod
     def from_reply(cls, reply: Sequence[Any]) -> Job:
         job_id, name, priority, args, kwargs, options, attempt, enqueued_at, ready_at = reply
-        return cls(
-            id=job_id,
-            name=name,
-            priority=priority,
-            args_json=args or "[]",
-            kwargs_json=kwargs or "{}",
-            options_json=options or "{}",
-            attempt=int(attempt),
-            enqueued_at=float(enqueued_at or 0.0),
-            ready_at=float(ready_at) if ready_at else None,
-        )
+        # Once per job: filling the instance dict skips the frozen __init__'s
+        # object.__setattr__ per field.
+        job = object.__new__(cls)
+        job.__dict__.update(id=job_id, name=name, priority=priority, args_json=args or "[]",
+                            kwargs_json=kwargs or "{}", options_json=options or "{}",
+                            attempt=int(attempt), enqueued_at=float(enqueued_at or 0.0),
+                            ready_at=float(ready_at) if ready_at else None)
+        return job
 
     @property
     def waiting_since(self) -> float:
@@ -75,7 +81,7 @@ class Job:
         """The call arguments; ValueError when the stored payload is not valid."""
         try:
             args = json.loads(self.args_json)
-            kwargs = json.loads(self.kwargs_json)
+            kwargs = {} if self.kwargs_json == "{}" else json.loads(self.kwargs_json)
         except json.JSONDecodeError as exc:
             raise ValueError(f"undecodable payload: {exc}") from None
         if not isinstance(args, list) or not isinstance(kwargs, dict):
@@ -112,6 +118,14 @@ class JobContext:
     priority: str
     pool: str | None
     enqueued_at: float
+
+    @classmethod
+    def of(cls, job: Job, pool: str | None) -> JobContext:
+        """Once per job, so without the frozen __init__ (as Job.from_reply)."""
+        context = object.__new__(cls)
+        context.__dict__.update(id=job.id, name=job.name, attempt=job.attempt,
+                                priority=job.priority, pool=pool, enqueued_at=job.enqueued_at)
+        return context
 
 
 @dataclass(frozen=True)

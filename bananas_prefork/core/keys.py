@@ -8,7 +8,7 @@ build the same keys from the same prefix with ``key(part, ...)`` in
 
 from __future__ import annotations
 
-PRIORITIES: tuple[str, ...] = ("high", "normal", "low")
+PRIORITIES: tuple[str, ...] = ("high", "normal", "low")  # also in lua/lib/keys.lua
 ANY_TYPE = "*"
 
 
@@ -44,6 +44,18 @@ class Keys:
     def heads(self, priority: str) -> str:
         """Sorted set: job type -> enqueue sequence of the head of its ready list."""
         return self._key("heads", priority)
+
+    def group_heads(self, priority: str, group: str) -> str:
+        """Sorted set: ``heads`` for the job types of one consumer group only."""
+        return self._key("gheads", priority, group)
+
+    def groups(self, job_type: str) -> str:
+        """Set of the consumer groups (ids) that serve a job type."""
+        return self._key("groups", job_type)
+
+    def group(self, group: str) -> str:
+        """String: present while the group's ``group_heads`` (every priority) are built."""
+        return self._key("group", group)
 
     def wake(self, priority: str, job_type: str) -> str:
         """List of wake-up tokens that idle consumers block on (``*`` = any type)."""

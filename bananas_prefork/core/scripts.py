@@ -8,12 +8,18 @@ restart without any code here.
 from __future__ import annotations
 
 import re
+from collections import Counter
 from functools import cache
 from importlib import resources
 
 import redis
 
 _INCLUDE = re.compile(r"^--! include (\S+)\s*$", re.MULTILINE)
+# A shared function: from 'local function name(' at the start of a line to the first
+# 'end' alone at the start of a line (the libraries' layout).
+_COMMENT = re.compile(r"--[^\n]*")
+_WORD = re.compile(r"\w+")
+_FUNCTION = re.compile(r"^local function (\w+)\(.*?^end\n", re.MULTILINE | re.DOTALL)
 
 
 @cache
@@ -24,7 +30,24 @@ def script_source(name: str) -> str:
     def expand(match: re.Match[str]) -> str:
         return (root / match.group(1)).read_text()
 
-    return _INCLUDE.sub(expand, (root / f"{name}.lua").read_text())
+    return without_unused_functions(_INCLUDE.sub(expand, (root / f"{name}.lua").read_text()))
+
+
+def without_unused_functions(source: str) -> str:
+    """Drop the included functions a script never calls.
+
+    Redis runs a script's top level on every call, so each ``local function``
+    is a closure built (and collected) per call, used or not.
+    """
+    while True:
+        uses = Counter(_WORD.findall(_COMMENT.sub("", source)))
+        unused = [m for m in _FUNCTION.finditer(source)
+                  if uses[m.group(1)] == _WORD.findall(_COMMENT.sub("", m.group(0))).count(
+                      m.group(1))]
+        if not unused:
+            return source
+        for match in reversed(unused):
+            source = source[:match.start()] + source[match.end():]
 
 
 SCRIPT_NAMES = (

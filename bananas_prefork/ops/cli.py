@@ -19,22 +19,16 @@ import redis
 import typer
 
 from ..core import config as config_module
-from ..core import logs
 from ..core.config import ConfigError, Deployment
 from ..core.connection import redact
 from ..core.errors import describe
 from ..core.text import literal, one_line
 from ..supervisor import loader
+from . import launch
+from .exit_codes import EXIT_ALERTING, EXIT_FAILURE, EXIT_INTERRUPTED, EXIT_USAGE
 
 cli = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="bananas-prefork: a Redis job queue with a prefork supervisor.")
-
-# Exit codes of every command (the contract's table).
-EXIT_OK = 0
-EXIT_FAILURE = 1  # no master, Redis unreachable, an unknown job: nothing wrong with the input
-EXIT_USAGE = 2  # a bad file, option or argument: the message says what is allowed
-EXIT_ALERTING = 3  # status --check: an alert is firing
-EXIT_INTERRUPTED = 130  # Ctrl-C
 
 FileArg = Annotated[Path | None, typer.Argument(
     help="Deployment file (TOML). Without it: the environment (WORKER_*, BANANAS_APP, .env).",
@@ -62,37 +56,10 @@ def start(
         help="text or json (overrides the file).")] = None,
 ) -> None:
     """Run the master in the foreground (systemd Type=notify ready)."""
-    from ..core.embedded import RedisUnavailable
-    from ..core.errors import RedisRefused
-    from ..supervisor.master import Master, Service
-    from ..supervisor.pidfile import PidfileError
-    from .metrics import MetricsService
-
-    deployment = load_deployment(file)
-    level = (log_level or deployment.log_level).lower()
-    fmt = (log_format or deployment.log_format).lower()
-    if level not in ("debug", "info", "warning", "error") or fmt not in ("text", "json"):
-        fail("--log-level is debug, info, warning or error; --log-format is text or json",
-             EXIT_USAGE)
-    logs.setup(level, fmt)
     try:
-        app = loader.first_import(deployment)
-        services: list[Service] = []
-        if deployment.metrics_port is not None:
-            services.append(MetricsService(deployment.metrics_port, deployment.metrics_bind))
-        if deployment.dashboard_port is not None:
-            from .dashboard.app import Options
-            from .dashboard.server import DashboardService
-
-            services.append(DashboardService(deployment.dashboard_port,
-                                             deployment.dashboard_bind, Options.of(deployment),
-                                             deployment.alerts))
-        code = Master(deployment, app, config_path=str(file) if file else None,
-                      services=services).run()
-    except ConfigError as exc:
-        fail(exc, EXIT_USAGE)
-    except (PidfileError, RedisUnavailable, RedisRefused) as exc:
-        fail(exc, EXIT_FAILURE)
+        code = launch.run(file, log_level, log_format)
+    except launch.StartError as exc:
+        fail(exc, exc.code)
     raise typer.Exit(code)
 
 

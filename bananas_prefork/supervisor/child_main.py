@@ -181,7 +181,7 @@ class _Child:
             return EXIT_BOOT_ERROR
         scheduling = _start(scheduler.run, "bananas-scheduler") if scheduler else None
         self.spec.scoreboard.set_state(RUNNING)
-        setproctitle(f"{self.title} idle")
+        hooks.refresh_title()
         self.report(ready=True, owner=str(owner))
         _start(lambda: self._send_stats(scheduler), "bananas-stats")
 
@@ -189,7 +189,7 @@ class _Child:
             return consumer.is_alive() and consumer.broken is None and \
                 (scheduling is None or scheduling.is_alive())
 
-        orphaned_at = self._wait(working, consumer.request_stop)
+        orphaned_at = self._wait(working, consumer.request_stop, hooks.refresh_title)
         self.finished.set()
         self.spec.scoreboard.set_state(STOPPING)
         if scheduler is not None:
@@ -253,8 +253,10 @@ class _Child:
         """Tell the master a loop of ours is refused by Redis (for status), or no longer."""
         self.report(redis_refusal={"where": where, "error": error})
 
-    def _wait(self, alive: Callable[[], bool], request_stop: Callable[[], None]) -> float | None:
-        """Run until the work ends; pass on stop signals; notice a dead master.
+    def _wait(self, alive: Callable[[], bool], request_stop: Callable[[], None],
+              tick: Callable[[], None] | None = None) -> float | None:
+        """Run until the work ends; pass on stop signals; notice a dead master;
+        ``tick`` on every pass (four times a second).
 
         Returns when the work has ended, or as soon as the master is found dead
         (then with the time it was noticed, so the caller can bound the rest).
@@ -269,6 +271,8 @@ class _Child:
                 request_stop()
                 return time.monotonic()
             self.spec.scoreboard.beat()
+            if tick is not None:
+                tick()
         return None
 
 
@@ -291,7 +295,9 @@ def configure_app(app: App, deployment: Deployment) -> None:
 
 
 class _ScoreboardHooks(ConsumerHooks):
-    """Reports every job to the master's scoreboard, the stats and the process title."""
+    """Reports every job to the master's scoreboard and the stats; the process title
+    follows at the child's next heartbeat (``refresh_title``), not per job:
+    setproctitle costs more than the rest of a short job's bookkeeping."""
 
     def __init__(self, scoreboard: Scoreboard, title: str, threads: int,
                  stats: StatsRecorder, refused: Callable[[str, str | None], None]) -> None:
@@ -301,6 +307,8 @@ class _ScoreboardHooks(ConsumerHooks):
         self.title = title
         self.threads = threads
         self.busy = 0
+        self.job_type: str | None = None  # of the last job started
+        self.shown = ""
         self.lock = threading.Lock()
 
     def on_redis_refusal(self, where: str, error: str | None) -> None:
@@ -311,21 +319,26 @@ class _ScoreboardHooks(ConsumerHooks):
         self.stats.record_start(job.name, time.time() - job.waiting_since)
         with self.lock:
             self.busy += 1
-            self._retitle(job.name)
+            self.job_type = job.name
 
     def on_job_end(self, slot: int, job: Job, outcome: str, duration: float) -> None:
         self.scoreboard.job_ended(slot, outcome == SUCCEEDED)
         self.stats.record(job.name, outcome, duration)
         with self.lock:
             self.busy -= 1
-            self._retitle(None)
 
     def on_alive(self, slot: int) -> None:
         self.scoreboard.slot_alive(slot)
 
-    def _retitle(self, job_type: str | None) -> None:
-        if self.threads == 1:
-            setproctitle(f"{self.title} busy {job_type}" if job_type else f"{self.title} idle")
+    def refresh_title(self) -> None:
+        with self.lock:
+            busy, job_type = self.busy, self.job_type
+        if not busy:
+            title = f"{self.title} idle"
+        elif self.threads == 1:
+            title = f"{self.title} busy {job_type}"
         else:
-            setproctitle(f"{self.title} busy {self.busy}/{self.threads}" if self.busy
-                         else f"{self.title} idle")
+            title = f"{self.title} busy {busy}/{self.threads}"
+        if title != self.shown:
+            setproctitle(title)
+            self.shown = title

@@ -72,7 +72,7 @@ def test_a_demoted_primary_makes_the_step_reconnect(private_redis: RedisServer,
         with pytest.raises(redis.RedisError) as refused:
             channel.step(Settlement("succeeded", job, "null"), False)
         assert is_transient(refused.value)  # the consumer sends the same step again
-        assert not channel.connected  # on a new connection, to the primary of the moment
+        assert not channel.connection.connected  # a new connection, to the primary of the moment
     finally:
         with redis.Redis(port=private_redis.port) as admin:
             admin.execute_command("REPLICAOF", "NO", "ONE")

@@ -12,14 +12,18 @@
 -- ARGV[5]  settle mode: '' (nothing to settle) | succeeded | retry | dead
 -- ARGV[6]  job id   ARGV[7] attempt   ARGV[8] result JSON or error text
 -- ARGV[9]  traceback   ARGV[10] retry delay (s)   ARGV[11] result or dead ttl (s)
--- ARGV[12] '1' to fetch the next job, '0' not to
--- ARGV[13] priorities, comma separated, in the order they are served
--- ARGV[14] job types, comma separated, or '*'
+-- ARGV[12] '0' not to fetch, '1' to fetch the next job, '2' to fetch it as the
+--          first fetch after waiting idle (see lib/fetch.lua)
+-- ARGV[13] the number P of priorities, then ARGV[14..13+P] the priorities in
+--          the order they are served, then the consumer group id ('' for none: any
+--          type, or one type; see lib/fetch.lua), then the job types ('*' alone:
+--          any type; none: the group's, see lib/fetch.lua); separate arguments, so
+--          that no call parses a list
 --
 -- Returns {settled, id, name, priority, args, kwargs, options, attempts, enqueued_at,
--- ready_at}
--- with only {settled} when no job was fetched; settled is as in lib/settle.lua
--- ('' when nothing was settled).
+-- ready_at} with only {settled} when no job was fetched, and {settled, 'types'} when
+-- the fetch needs the job types that were left out (ask again with them); settled
+-- is as in lib/settle.lua ('' when nothing was settled).
 
 --! include lib/keys.lua
 --! include lib/queue.lua
@@ -32,16 +36,33 @@ local now, now_s = redis_now()
 
 local settled = ''
 if ARGV[5] ~= '' then
-    settled = settle(owned, owner, slot, ARGV[6], ARGV[7], ARGV[5], ARGV[8], ARGV[9],
-        ARGV[10], ARGV[11], now, now_s)
+    settled = settle(owner, ARGV[6], ARGV[7], ARGV[5], ARGV[8], ARGV[9], ARGV[10], ARGV[11],
+        now, now_s)
 end
-if ARGV[12] ~= '1' then
+-- Settling frees the slot; when the same call fills it again, the new claim
+-- overwrites the slot's entry, so it is deleted only if nothing is fetched.
+local freed = settled == 1
+if ARGV[12] == '0' then
+    if freed then
+        redis.call('HDEL', owned, slot)
+    end
     return {settled}
 end
-local job = fetch(owned, owner_key, owner, slot, ARGV[4], split_csv(ARGV[13]),
-    split_csv(ARGV[14]), now_s)
-if job == nil then
-    return {settled}
+local nprios = tonumber(ARGV[13])
+local prios, types = {}, {}
+for i = 1, nprios do
+    prios[i] = ARGV[13 + i]
+end
+for i = 15 + nprios, #ARGV do
+    types[#types + 1] = ARGV[i]
+end
+local job = fetch(owned, owner_key, owner, slot, ARGV[4], prios, types, ARGV[14 + nprios],
+    now_s, not freed, ARGV[12] == '2')
+if job == nil or job == NEED_TYPES then
+    if freed then
+        redis.call('HDEL', owned, slot)
+    end
+    return job and {settled, job} or {settled}
 end
 table.insert(job, 1, settled)
 return job

@@ -4,34 +4,52 @@
 -- job:<id>    the job's hash (fields in bananas_prefork/job.py)
 -- queues      set of 'prio:type' pairs ever used
 
--- Record one new job and queue it, or schedule it when it is due later.
+-- Record one new job. Returns its due time when it is due later (the caller
+-- schedules it), or nil when it is ready now (the caller queues it).
 -- `when` is '' (now), '+<seconds>' (a delay) or '@<epoch seconds>'.
--- `woken` counts the jobs made ready per 'prio:type', for wake_all().
-local function create_job(id, name, prio, args, kwargs, options, when, seq, now, now_s, woken)
-    local job = key('job', id)
+local function record_job(id, name, prio, args, kwargs, options, when, seq_s, now, now_s)
     local due = now
-    local mark = string.sub(when, 1, 1)
-    if mark == '+' then
-        due = now + tonumber(string.sub(when, 2))
-    elseif mark == '@' then
-        due = tonumber(string.sub(when, 2))
+    if when ~= '' then
+        local mark = string.sub(when, 1, 1)
+        if mark == '+' then
+            due = now + tonumber(string.sub(when, 2))
+        else
+            due = tonumber(string.sub(when, 2))
+        end
     end
-    local seq_s = tostring(seq)
-    local pair = prio .. ':' .. name
+    local job = key('job', id)
     if due > now then
         redis.call('HSET', job, 'name', name, 'priority', prio, 'args', args, 'kwargs', kwargs,
             'state', 'scheduled', 'attempts', '0', 'seq', seq_s, 'enqueued_at', now_s,
             'due_at', tostring(due))
-        schedule(id, due)
-        woken[pair] = woken[pair] or 0
-    else
+    elseif options == '' then
         redis.call('HSET', job, 'name', name, 'priority', prio, 'args', args, 'kwargs', kwargs,
             'state', 'queued', 'attempts', '0', 'seq', seq_s, 'enqueued_at', now_s)
-        push_ready(id, prio, name, seq_s, false)
-        woken[pair] = (woken[pair] or 0) + 1
+        return nil
+    else
+        redis.call('HSET', job, 'name', name, 'priority', prio, 'args', args, 'kwargs', kwargs,
+            'state', 'queued', 'attempts', '0', 'seq', seq_s, 'enqueued_at', now_s,
+            'options', options)
+        return nil
     end
     if options ~= '' then
         redis.call('HSET', job, 'options', options)
+    end
+    return due
+end
+
+-- Record one new job and queue it, or schedule it when it is due later.
+-- `woken` counts the jobs made ready per 'prio:type', for wake_all().
+local function create_job(id, name, prio, args, kwargs, options, when, seq, now, now_s, woken)
+    local seq_s = tostring(seq)
+    local pair = prio .. ':' .. name
+    local due = record_job(id, name, prio, args, kwargs, options, when, seq_s, now, now_s)
+    if due then
+        schedule(id, due)
+        woken[pair] = woken[pair] or 0
+    else
+        push_ready(id, prio, name, seq_s, false)
+        woken[pair] = (woken[pair] or 0) + 1
     end
 end
 

@@ -3,12 +3,11 @@
 -- that lost the job (it was recovered and handed to someone else) changes
 -- nothing.
 --
--- Returns  1  settled
+-- Returns  1  settled (the caller then frees the owner's slot)
 --          0  already settled by this owner (a retried call after a lost reply)
 --         -1  not the owner of this run (nothing changed)
 
-local function settle(owned, owner, slot, id, attempt, mode, payload, traceback, delay, ttl,
-                      now, now_s)
+local function settle(owner, id, attempt, mode, payload, traceback, delay, ttl, now, now_s)
     local job = key('job', id)
     local cur = redis.call('HMGET', job, 'owner', 'attempts', 'state')
     if cur[1] ~= owner or cur[2] ~= attempt then
@@ -17,8 +16,8 @@ local function settle(owned, owner, slot, id, attempt, mode, payload, traceback,
     if cur[3] ~= 'running' then
         return 0
     end
-    -- Owner and attempt match a running job, so this slot holds exactly this run.
-    redis.call('HDEL', owned, slot)
+    -- Owner and attempt match a running job, so this slot holds exactly this run;
+    -- the caller frees the slot (step.lua: unless a fetch refills it at once).
     if mode == 'succeeded' then
         if ttl == '0' then
             redis.call('DEL', job)
