@@ -40,13 +40,14 @@ class Task(Generic[P, R]):
     """
 
     def __init__(self, app: App, fn: Callable[P, R], *, name: str, priority: str,
-                 timeout: float | None, retry: RetryPolicy) -> None:
+                 timeout: float | None, retry: RetryPolicy, store_result: bool = True) -> None:
         self.app = app
         self.fn = fn
         self.name = name
         self.priority = priority
         self.timeout = timeout
         self.retry = retry
+        self.store_result = store_result
         self.__doc__ = fn.__doc__
         self.__name__ = getattr(fn, "__name__", name)
 
@@ -84,8 +85,12 @@ class App:
         redis_url: ``redis://``, ``rediss://``, ``unix://``, ``redis+sentinel://`` or
             ``"embedded"``.
         namespace: key prefix, so several deployments can share one Redis.
-        result_ttl: seconds a finished job's record and result are kept.
+        result_ttl: seconds a succeeded job's result is kept (0: not at all).
+        done_ttl: seconds a job that succeeded with nothing to keep (a ``None``
+            result, or a task with ``store_result=False``) is still known, as a
+            compact note of its state, attempts and finish time (0: not at all).
         dead_ttl: seconds a dead job is kept.
+        dead_max: the most dead jobs kept; past it the oldest go first.
         owner_ttl: seconds after which the jobs of a consumer that stopped
             renewing its liveness go back to their queues.
         max_redeliveries: lost runs (its child died) before a job is dead.
@@ -95,7 +100,8 @@ class App:
     """
 
     def __init__(self, redis_url: str | None = None, namespace: str | None = None, *,
-                 result_ttl: float = 3600, dead_ttl: float = 7 * 86400,
+                 result_ttl: float = 3600, done_ttl: float = 300,
+                 dead_ttl: float = 7 * 86400, dead_max: int = 10_000,
                  owner_ttl: float = 30.0, max_redeliveries: int = 3,
                  max_payload_bytes: int = 512 * 1024,
                  min_replicas_ack: int | None = None) -> None:
@@ -106,7 +112,9 @@ class App:
         if problem := namespace_problem(self.namespace):
             raise ValueError(problem if namespace else f"BANANAS_NAMESPACE: {problem}")
         self.result_ttl = result_ttl
+        self.done_ttl = done_ttl
         self.dead_ttl = dead_ttl
+        self.dead_max = dead_max
         self.owner_ttl = owner_ttl
         self.max_redeliveries = max_redeliveries
         self.max_payload_bytes = max_payload_bytes
@@ -144,7 +152,8 @@ class App:
         """A broker on a client of its own, with this App's connection and settings."""
         client = connect(self.redis_url, socket_timeout=socket_timeout, retries=retries)
         return Broker(client, self.namespace, result_ttl=int(self.result_ttl),
-                      dead_ttl=int(self.dead_ttl), owner_ttl=self.owner_ttl,
+                      done_ttl=int(self.done_ttl), dead_ttl=int(self.dead_ttl),
+                      dead_max=int(self.dead_max), owner_ttl=self.owner_ttl,
                       max_redeliveries=self.max_redeliveries,
                       min_replicas_ack=self.min_replicas_ack)
 
@@ -153,7 +162,8 @@ class App:
     def task(self, fn: Callable[P, R] | None = None, *, name: str | None = None,
              priority: str = "normal", max_retries: int = DEFAULT_MAX_RETRIES,
              timeout: float | str | None = None, retry_backoff: float | str = DEFAULT_BACKOFF,
-             retry_backoff_max: float | str = DEFAULT_BACKOFF_MAX) -> Any:
+             retry_backoff_max: float | str = DEFAULT_BACKOFF_MAX,
+             store_result: bool = True) -> Any:
         """Register a function as a task: ``@app.task`` or ``@app.task(name=..., ...)``.
 
         Args:
@@ -164,6 +174,9 @@ class App:
                 child running it is killed and the run fails by this policy.
             retry_backoff: the first retry's delay; each next one doubles, with jitter.
             retry_backoff_max: the longest delay between two runs.
+            store_result: False to keep no result (the job is then known for
+                ``done_ttl`` as succeeded, with its attempts and finish time,
+                like one that returned ``None``).
         """
 
         def register(func: Callable[P, R]) -> Task[P, R]:
@@ -173,7 +186,8 @@ class App:
             retry = RetryPolicy(_check_retries(max_retries), parse_duration(retry_backoff),
                                 parse_duration(retry_backoff_max))
             task = Task(self, func, name=task_name, priority=_check_priority(priority),
-                        timeout=_check_timeout(timeout), retry=retry)
+                        timeout=_check_timeout(timeout), retry=retry,
+                        store_result=bool(store_result))
             self.tasks[task_name] = task
             return task
 
@@ -313,7 +327,8 @@ class App:
     # -- reading -------------------------------------------------------------
 
     def job(self, job_id: str) -> JobInfo | None:
-        """The job's record, or None when unknown or expired (``result_ttl``, ``dead_ttl``)."""
+        """The job's record, or None when unknown or expired (``result_ttl``, ``done_ttl``,
+        ``dead_ttl``; docs/guarantees.md has what each keeps)."""
         return self.broker.job_info(job_id)
 
     def queue_depths(self) -> dict[str, dict[str, int]]:

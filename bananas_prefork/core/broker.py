@@ -28,6 +28,8 @@ from .scripts import Scripts
 log = logging.getLogger(__name__)
 
 SUCCEEDED, RETRY, DEAD = "succeeded", "retry", "dead"
+DONE = "done"  # the step script's mode for SUCCEEDED with nothing to keep
+NOTHING_KEPT = ""  # a SUCCEEDED payload with no result to keep (None, or store_result=False)
 ENQUEUE_CHUNK = 1000  # jobs per enqueue call: ~10 ms of Redis time at most
 LOST_OWNERSHIP = -1
 ENQUEUE_RETRIES = 3  # sends after the first when the connection drops (as the client's)
@@ -122,7 +124,7 @@ class Settlement:
 
     mode: str  # SUCCEEDED | RETRY | DEAD
     job: Job
-    payload: str  # result JSON, or the error text
+    payload: str  # result JSON (NOTHING_KEPT: none to keep), or the error text
     traceback: str = ""
     delay: float = 0.0  # retry backoff, seconds
 
@@ -152,7 +154,9 @@ class Broker:
         namespace: str = "bananas",
         *,
         result_ttl: int = 3600,
+        done_ttl: int = 300,
         dead_ttl: int = 7 * 86400,
+        dead_max: int = 10_000,
         owner_ttl: float = 30.0,
         max_redeliveries: int = 3,
         min_replicas_ack: int = 0,
@@ -162,7 +166,9 @@ class Broker:
         self.keys = Keys(namespace)
         self.scripts = Scripts(client)
         self.result_ttl = int(result_ttl)
+        self.done_ttl = int(done_ttl)
         self.dead_ttl = max(1, int(dead_ttl))
+        self.dead_max = max(1, int(dead_max))
         self.owner_ttl = owner_ttl
         self.max_redeliveries = max_redeliveries
         self._local = threading.local()
@@ -309,9 +315,14 @@ class Broker:
     def settle_args(self, settlement: Settlement | None) -> tuple[Any, ...]:
         if settlement is None:
             return NO_SETTLEMENT
-        ttl = self.result_ttl if settlement.mode == SUCCEEDED else self.dead_ttl
-        return (settlement.mode, settlement.job.id, settlement.job.attempt, settlement.payload,
-                settlement.traceback, settlement.delay, ttl)
+        mode, payload = settlement.mode, settlement.payload
+        if mode == SUCCEEDED:
+            mode, ttl = (DONE, self.done_ttl) if payload == NOTHING_KEPT else (
+                SUCCEEDED, self.result_ttl)
+        else:
+            ttl = self.dead_ttl
+        return (mode, settlement.job.id, settlement.job.attempt, payload,
+                settlement.traceback, settlement.delay, ttl, self.dead_max)
 
     def channel(self, owner: str, slot: int, priorities: Sequence[str],
                 job_types: Sequence[str]) -> StepChannel:
@@ -364,7 +375,7 @@ class Broker:
         requeued, buried = self.scripts.recover(
             keys=[self.keys.owned(owner), self.keys.owner(owner)],
             args=[self.prefix, owner, "1" if known_dead else "0", "1" if lost_run else "0",
-                  self.max_redeliveries, self.dead_ttl, reason],
+                  self.max_redeliveries, self.dead_ttl, reason, self.dead_max],
         )
         if requeued > 0 or buried > 0:
             log.warning("recovered jobs of %s: %d requeued, %d dead (%s)",
@@ -417,8 +428,27 @@ class Broker:
     # -- reading -------------------------------------------------------------
 
     def job_info(self, job_id: str) -> JobInfo | None:
+        """A job's record; for one that succeeded with nothing to keep, the compact
+        note of its minute (``done_ttl``); None when unknown or expired."""
         fields = cast(dict[str, str], self.client.hgetall(self.keys.job(job_id)))
-        return JobInfo.from_hash(job_id, fields) if fields else None
+        if fields:
+            return JobInfo.from_hash(job_id, fields)
+        start, note = self._done_note(job_id)
+        if note is None:
+            return None
+        attempts, ms = note.split("|")
+        return JobInfo.from_hash(job_id, {"state": SUCCEEDED, "attempts": attempts,
+                                          "finished_at": str(int(start) + int(ms) / 1000)})
+
+    def _done_note(self, job_id: str) -> tuple[str, str | None]:
+        """(slice start, ``attempts|ms``) of a job in the live ``done`` slices, newest
+        first (lua/lib/done.lua)."""
+        starts = cast(list[str], self.client.zrevrange(self.keys.done_index, 0, -1))
+        for start in starts:
+            note = cast(str | None, self.client.hget(self.keys.done(start), job_id))
+            if note is not None:
+                return start, note
+        return "", None
 
     def _queue_pairs(self) -> list[tuple[str, str]]:
         """Every (priority, job type) ever enqueued, from the ``queues`` set."""
@@ -449,6 +479,10 @@ class Broker:
         """Forget the queues among ``pairs`` that are still empty, and their wake-up tokens."""
         return int(self._in_batches(self.scripts.queues_prune, [self.keys.queues],
                                     sorted(pairs)))
+
+    def prune_groups(self) -> int:
+        """Forget the consumer groups that no consumer fetched for lately (rebuilt if used)."""
+        return int(self.scripts.groups_prune(keys=[self.keys.group_types], args=[self.prefix]))
 
     def queue_report(self) -> tuple[dict[str, dict[str, int]], dict[str, dict[str, float]]]:
         """Depths (as queue_depths) and the age in seconds of each non-empty queue's head."""
@@ -540,7 +574,7 @@ class Broker:
         self.scripts.load_all(self.client)
 
 
-NO_SETTLEMENT: tuple[Any, ...] = ("", "", 0, "", "", 0, 0)
+NO_SETTLEMENT: tuple[Any, ...] = ("", "", 0, "", "", 0, 0, 0)
 NEED_TYPES = "types"  # the step script's answer when a fetch needs the job types left out
 
 

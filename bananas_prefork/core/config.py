@@ -130,6 +130,11 @@ class SchedulerConfig:
     lease: float = setting(10.0, parse=s.duration(1.0), env="SCHEDULER_LEASE", help=(
         "Leader lock lease. A dead leader is replaced within one lease; the leader renews "
         "every third of it."))
+    prune_interval: float = setting(300.0, parse=s.duration(1.0),
+                                    env="BANANAS_PRUNE_INTERVAL", help=(
+        "How often the leader forgets queues found empty at two looks this far apart "
+        "(a one-off job type does not stay in status forever) and consumer groups no "
+        "consumer fetched for in 10 minutes."))
 
 
 @dataclass(frozen=True)
@@ -220,9 +225,17 @@ class Deployment:
         "A job whose child died under it this many times goes to the dead letters as a "
         "poison pill (see docs/guarantees.md for what a crash charges)."))
     result_ttl: float = setting(3600.0, parse=s.duration(), env="BANANAS_RESULT_TTL", help=(
-        "How long a finished job's record and result are kept."))
+        "How long a succeeded job's result is kept (with its name, state, attempts and "
+        "finish time; 0: not at all)."))
+    done_ttl: float = setting(300.0, parse=s.duration(), env="BANANAS_DONE_TTL", help=(
+        "How long a job that succeeded with nothing to keep (a None result, or a task "
+        "with store_result=False) is still known: a compact note of its state, attempts "
+        "and finish time, about 100 bytes (0: not at all)."))
     dead_ttl: float = setting(7 * 86400.0, parse=s.duration(1.0), env="BANANAS_DEAD_TTL",
                               help="How long dead jobs are kept.")
+    dead_max: int = setting(10_000, parse=s.whole(1), env="BANANAS_DEAD_MAX", help=(
+        "The most dead jobs kept; past it the oldest go first, so a storm of failures "
+        "cannot fill Redis."))
     preload_app: bool = setting(True, parse=s.boolean, env="BANANAS_PRELOAD_APP", help=(
         "true: the master imports the app once and forks children from it (they share its "
         "memory copy-on-write and start fast); HUP and USR2 still load fresh code, because "

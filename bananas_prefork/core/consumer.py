@@ -29,7 +29,16 @@ import redis
 
 from . import job as jobs
 from .app import App, Task
-from .broker import DEAD, LOST_OWNERSHIP, RETRY, SUCCEEDED, Broker, Settlement, StepChannel
+from .broker import (
+    DEAD,
+    LOST_OWNERSHIP,
+    NOTHING_KEPT,
+    RETRY,
+    SUCCEEDED,
+    Broker,
+    Settlement,
+    StepChannel,
+)
 from .errors import Trouble, describe
 from .identity import OwnerId
 from .job import Job, JobContext
@@ -371,6 +380,8 @@ class Consumer:
             return self._failure(job, task, exc)
         finally:
             jobs.reset_current_job(token)
+        if result is None or not task.store_result:
+            return Settlement(SUCCEEDED, job, NOTHING_KEPT)
         try:
             return Settlement(SUCCEEDED, job, jobs.dumps(result, f"result of task {job.name}"))
         except ValueError as exc:

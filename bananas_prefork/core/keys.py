@@ -54,8 +54,14 @@ class Keys:
         return self._key("groups", job_type)
 
     def group(self, group: str) -> str:
-        """String: present while the group's ``group_heads`` (every priority) are built."""
+        """String with a TTL: present while the group's ``group_heads`` (every priority)
+        are built; renewed by each fetch of the group that finds nothing."""
         return self._key("group", group)
+
+    @property
+    def group_types(self) -> str:
+        """Hash: consumer group id -> its job types (JSON), to prune expired groups."""
+        return self._key("group_types")
 
     def wake(self, priority: str, job_type: str) -> str:
         """List of wake-up tokens that idle consumers block on (``*`` = any type)."""
@@ -78,8 +84,19 @@ class Keys:
 
     @property
     def dead(self) -> str:
-        """Sorted set: job id -> time it died."""
+        """Sorted set: job id -> time it died (capped at ``dead_max``, oldest dropped)."""
         return self._key("dead")
+
+    def done(self, start: str) -> str:
+        """Hash: job id -> ``attempts|ms`` of the jobs that succeeded with nothing to keep
+        in the time slice starting at epoch second ``start`` (``ms`` after it); expires
+        ``done_ttl`` after the slice ends (lua/lib/done.lua)."""
+        return self._key("done", start)
+
+    @property
+    def done_index(self) -> str:
+        """Sorted set: start of a ``done`` slice -> when its hash expires."""
+        return self._key("done")
 
     # ownership of in-flight jobs
     def owned(self, owner: str) -> str:

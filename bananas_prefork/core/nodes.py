@@ -83,6 +83,18 @@ class RefusalStatus(TypedDict):
     error: str
 
 
+class RetentionStatus(TypedDict):
+    """How long finished jobs stay (seconds) and the most dead jobs kept."""
+
+    result_ttl: float
+    done_ttl: float
+    dead_ttl: float
+    dead_max: int
+
+
+RETENTION_FIELDS = ("result_ttl", "done_ttl", "dead_ttl", "dead_max")
+
+
 class NodeStatus(TypedDict):
     host: str
     pid: int
@@ -95,6 +107,7 @@ class NodeStatus(TypedDict):
     scheduler: SchedulerStatus
     pools: list[PoolStatus]
     alerts: dict[str, float]  # the thresholds this master judges with
+    retention: RetentionStatus  # what this master's children keep of finished jobs
     redis_refusals: list[RefusalStatus]
 
 

@@ -151,20 +151,24 @@ class Scheduler:
             self.broker.recover_dead_owners()
             self._next_recovery = now + self.broker.recovery_period
         if now >= self._next_prune:
-            self._prune_queues()
+            self._prune()
             self._next_prune = now + self.prune_interval
         wait = min(wait if wait is not None else self.interval, self.interval, QUIET_MAX,
                    max(0.0, min(self._renew_at, self._next_recovery) - time.monotonic()))
         if wait > 0:
             self._due_sooner.wait(wait)
 
-    def _prune_queues(self) -> None:
-        """Forget queues found empty now and at the last look, one interval ago."""
+    def _prune(self) -> None:
+        """Forget queues found empty now and at the last look, one interval ago, and
+        consumer groups no consumer fetched for lately."""
         empty = self.broker.empty_queues()
         forgotten = self.broker.prune_queues(empty & self._empty_before)
         if forgotten:
             log.info("scheduler: forgot %d queue(s) that stayed empty", forgotten)
         self._empty_before = empty
+        groups = self.broker.prune_groups()
+        if groups:
+            log.info("scheduler: forgot %d consumer group(s) nobody fetched for", groups)
 
     def _promote_all(self) -> float | None:
         """Promote every due job in bounded batches; seconds until the next one."""
@@ -220,4 +224,5 @@ def build_scheduler(app: App, deployment: Deployment, node: NodeId,
     runner = PeriodicRunner(app.broker, handover_window=3 * lease)
     return Scheduler(app.broker, node=node,
                      interval=deployment.scheduler.interval, lease=lease, tick=runner.fire_due,
-                     heartbeat=heartbeat, on_redis_refusal=on_redis_refusal)
+                     heartbeat=heartbeat, on_redis_refusal=on_redis_refusal,
+                     prune_interval=deployment.scheduler.prune_interval)

@@ -61,6 +61,7 @@ SCRIPT_NAMES = (
     "dead_remove",
     "periodic_fire",
     "queues_prune",
+    "groups_prune",
     "periodic_register",
 )
 
@@ -79,6 +80,7 @@ class Scripts:
         self.dead_remove = client.register_script(script_source("dead_remove"))
         self.periodic_fire = client.register_script(script_source("periodic_fire"))
         self.queues_prune = client.register_script(script_source("queues_prune"))
+        self.groups_prune = client.register_script(script_source("groups_prune"))
         self.periodic_register = client.register_script(script_source("periodic_register"))
 
     def load_all(self, client: redis.Redis) -> None:

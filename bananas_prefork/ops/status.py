@@ -14,15 +14,17 @@ from dataclasses import dataclass
 from typing import Any, TypedDict, cast
 
 from ..core.broker import Broker
-from ..core.config import AlertsConfig
+from ..core.config import AlertsConfig, Deployment
 from ..core.identity import LeaderToken
 from ..core.keys import PRIORITIES
 from ..core.leadership import LeaderLock
 from ..core.nodes import (
     CONDITION_STALE_AFTER,
+    RETENTION_FIELDS,
     NodeStatus,
     NodeStore,
     PoolStatus,
+    RetentionStatus,
     depth_condition,
     high_depth_condition,
 )
@@ -45,6 +47,10 @@ class RedisStatus(TypedDict):
     maxmemory_policy: str | None
 
 
+class ClusterRetention(RetentionStatus):
+    source: str  # "nodes": the smallest value the live masters publish; else "defaults"
+
+
 class ClusterStatus(TypedDict):
     """What ``status --json`` prints (the contract's fields and more)."""
 
@@ -60,6 +66,7 @@ class ClusterStatus(TypedDict):
     periodic: PeriodicStatus
     served_by: dict[str, dict[str, list[str]]]
     redis: RedisStatus
+    retention: ClusterRetention
     alert_thresholds: dict[str, Any]
     alerts: list[dict[str, str]]
 
@@ -91,6 +98,7 @@ def gather(broker: Broker, alerts: AlertsConfig | None = None) -> ClusterStatus:
                      "conflicts": conflicts(broker)},
         "served_by": served_by(depths, nodes),
         "redis": {"maxmemory_policy": broker.eviction_policy()},
+        "retention": cluster_retention(nodes),
         "alert_thresholds": {},
         "alerts": [],
     }
@@ -112,6 +120,18 @@ def cluster_thresholds(nodes: list[NodeStatus]) -> tuple[AlertsConfig, str]:
     lowest = {name: min(p.get(name, getattr(AlertsConfig, name)) for p in published)
               for name in names}
     return AlertsConfig(**lowest), "nodes"
+
+
+def cluster_retention(nodes: list[NodeStatus]) -> ClusterRetention:
+    """What the cluster keeps of finished jobs: where masters differ, the smallest value
+    (any child enforces its own ``dead_max`` on the one dead set)."""
+    defaults = {f.name: cast(float, f.default) for f in dataclasses.fields(Deployment)
+                if f.name in RETENTION_FIELDS}
+    published = [cast(dict[str, float], node["retention"]) for node in nodes
+                 if node.get("state") != "lost" and isinstance(node.get("retention"), dict)]
+    values = {name: min((p.get(name, defaults[name]) for p in published),
+                        default=defaults[name]) for name in RETENTION_FIELDS}
+    return cast(ClusterRetention, {**values, "source": "nodes" if published else "defaults"})
 
 
 def _serves(pool: PoolStatus, priority: str, job_type: str) -> bool:

@@ -49,6 +49,7 @@ def header(status: ClusterStatus) -> Text:
         text.append("no scheduler leader  ", style="bold red")
     text.append(f"scheduled {status['scheduled']}  in flight {status['in_flight']}  ")
     text.append(f"dead {status['dead']}", style="red" if status["dead"] else "")
+    text.append(f" (at most {status['retention']['dead_max']:,})")
     return text
 
 

@@ -290,7 +290,8 @@ def configure_app(app: App, deployment: Deployment) -> None:
     """The deployment's connection and retention settings win over the App's own."""
     app.configure(redis_url=deployment.redis_url, namespace=deployment.namespace,
                   owner_ttl=deployment.owner_ttl, result_ttl=deployment.result_ttl,
-                  dead_ttl=deployment.dead_ttl, max_redeliveries=deployment.max_redeliveries,
+                  done_ttl=deployment.done_ttl, dead_ttl=deployment.dead_ttl,
+                  dead_max=deployment.dead_max, max_redeliveries=deployment.max_redeliveries,
                   min_replicas_ack=deployment.min_replicas_ack)
 
 

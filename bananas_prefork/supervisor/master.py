@@ -422,6 +422,10 @@ class Master:
                           "leading": bool(self.workforce.scheduler_state.get("leading"))},
             "pools": pools,
             "alerts": dataclasses.asdict(self.deployment.alerts),
+            "retention": {"result_ttl": self.deployment.result_ttl,
+                          "done_ttl": self.deployment.done_ttl,
+                          "dead_ttl": self.deployment.dead_ttl,
+                          "dead_max": self.deployment.dead_max},
             "redis_refusals": self._refusals(),
         }
 

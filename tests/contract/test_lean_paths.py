@@ -6,7 +6,7 @@ from __future__ import annotations
 import redis
 
 from bananas_prefork import App
-from bananas_prefork.core.broker import SUCCEEDED, EnqueueBatch, Settlement, StepChannel
+from bananas_prefork.core.broker import SUCCEEDED, EnqueueBatch, Settlement, StepChannel, group_id
 from bananas_prefork.core.job import Job
 from bananas_prefork.core.keys import PRIORITIES, Keys
 from tests.conftest import snapshot
@@ -135,8 +135,8 @@ def test_a_packed_batch_keeps_its_order_across_headers_and_runs(app: App) -> Non
     items[10] = ("a", [10], {"k": 1})  # a header of its own in the middle of a run
     ids = app.enqueue_many(items)
     assert len(set(ids)) == 2500
-    assert drain(app) == ids
     assert app.job(ids[10]).kwargs == {"k": 1} and app.job(ids[11]).kwargs == {}
+    assert drain(app) == ids
 
 
 def test_a_batch_sent_again_after_a_lost_reply_enqueues_nothing_twice(
@@ -184,3 +184,19 @@ def test_a_group_built_by_a_consumer_of_some_priorities_serves_all(app: App) -> 
         assert drain_channel(both) == [a0, b1, a1]
     finally:
         both.close()
+
+
+def test_a_group_nobody_fetches_for_is_pruned_and_rebuilt_if_used_again(
+        app: App, rclient: redis.Redis) -> None:
+    keys, gid = Keys(app.namespace), group_id(["a", "b"])
+    assert fetch(app, types=["a", "b"]) is None  # the group is built, with a lifetime
+    assert 0 < rclient.ttl(keys.group(gid)) <= 600
+    assert app.broker.prune_groups() == 0  # alive: kept
+    app.enqueue("a")
+    rclient.delete(keys.group(gid))  # its lifetime passed without an empty fetch
+    assert app.broker.prune_groups() == 1
+    assert not rclient.sismember(keys.groups("a"), gid)
+    assert not rclient.exists(keys.group_heads("normal", gid), keys.group_types)
+    job = fetch(app, types=["a", "b"])  # a consumer still there rebuilds it
+    assert job is not None and job.name == "a"
+    assert rclient.sismember(keys.groups("b"), gid) and rclient.hexists(keys.group_types, gid)

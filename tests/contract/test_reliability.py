@@ -86,8 +86,7 @@ def test_vanished_consumer_job_comes_back_and_runs(
     # a second consumer's heartbeat notices the expired owner and recovers the job
     spawn_consumer(redis_url, 1, 1.0)
     wait_until(lambda: app.job(job_id).state == "succeeded", timeout=10)
-    info = app.job(job_id)
-    assert (info.attempts, info.redeliveries) == (2, 1)
+    assert app.job(job_id).attempts == 2  # the lost run counted (a redelivery)
     pids = [run[2] for run in runs(rclient, namespace)]
     assert len(pids) == 2 and pids[0] == str(victim.pid) and pids[1] != pids[0]
 

@@ -425,3 +425,19 @@ def test_masters_time_their_own_conditions_and_status_uses_their_thresholds(app:
 def names_of(data: ClusterStatus) -> list[str]:
     """The depth alerts that fire (these masters are stand-ins: no pools, no scheduler)."""
     return [a["name"] for a in data["alerts"] if a["name"] in ("high_depth", "queue_depth")]
+
+
+def test_status_shows_the_dead_cap_and_the_cap_holds(masters: MasterFactory, app: App,
+                                                     tmp_path: Path, redis_url: str,
+                                                     namespace: str) -> None:
+    masters(toml("[pools.default]\nconcurrency = 2\n", dead_max=2, done_ttl="2m"))
+    ids = [app.enqueue("always_fails", args=[n], max_retries=0) for n in range(5)]
+    wait_until(lambda: app.broker.dead_count() == 2
+               and all(app.job(i) is None or app.job(i).state == "dead" for i in ids)
+               and sum(app.job(i) is not None for i in ids) == 2, timeout=15)
+    data = wait_until(lambda: (d := status_json(redis_url, namespace, tmp_path))["nodes"]
+                      and d, timeout=10)
+    assert data["dead"] == 2
+    assert data["retention"] == {"result_ttl": 3600.0, "done_ttl": 120.0,
+                                 "dead_ttl": 7 * 86400.0, "dead_max": 2, "source": "nodes"}
+    assert "dead 2 (at most 2)" in text_of(data)

@@ -3,7 +3,8 @@
 --
 -- KEYS[1]  seq      counter giving every job its place in the global order
 -- Keys built from the prefix (lib/keys.lua): job:<id>, ready:<prio>:<type>,
---   heads:<prio>, wake:<prio>:<type>, queues, scheduled, scheduler:wake
+--   heads:<prio>, wake:<prio>:<type>, queues, scheduled, scheduler:wake, done,
+--   done:<start> (read)
 --
 -- ARGV[1]  prefix '{ns}'    ARGV[2] the number of jobs
 -- then a sequence of records, packed so that what jobs share is sent once:
@@ -23,6 +24,7 @@
 
 --! include lib/keys.lua
 --! include lib/queue.lua
+--! include lib/done.lua
 --! include lib/jobs.lua
 
 local RUN_MAX = 1000  -- ids per RPUSH
@@ -78,7 +80,7 @@ while i <= argc do
         i = i + 7
     else
         pos = pos + 1
-        if check and (seen[id] or redis.call('EXISTS', job_prefix .. id) == 1) then
+        if check and (seen[id] or job_known(id)) then
             skipped[#skipped + 1] = pos
         else
             if check then

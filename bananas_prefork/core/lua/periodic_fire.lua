@@ -8,7 +8,7 @@
 -- KEYS[2]  periodic:next    zset entry name -> its next tick (epoch ms)
 -- KEYS[3]  seq              the global enqueue order
 -- Keys built from the prefix (lib/keys.lua): job:<id>, ready:<prio>:<type>,
---   heads:<prio>, wake:<prio>:<type>, queues
+--   heads:<prio>, wake:<prio>:<type>, queues, done, done:<start> (read)
 --
 -- ARGV[1]  prefix '{ns}'   ARGV[2] the caller's lock token   ARGV[3] entry name
 -- ARGV[4]  the tick the caller saw (ms)   ARGV[5] the tick after it (ms)
@@ -20,6 +20,7 @@
 
 --! include lib/keys.lua
 --! include lib/queue.lua
+--! include lib/done.lua
 --! include lib/jobs.lua
 
 if redis.call('GET', KEYS[1]) ~= ARGV[2] then
@@ -29,7 +30,7 @@ local seen = redis.call('ZSCORE', KEYS[2], ARGV[3])
 if not seen or tonumber(seen) ~= tonumber(ARGV[4]) then
     return 0
 end
-if ARGV[6] == '1' and redis.call('EXISTS', key('job', ARGV[7])) == 0 then
+if ARGV[6] == '1' and not job_known(ARGV[7]) then
     local woken = {}
     local now, now_s = redis_now()
     create_job(ARGV[7], ARGV[8], ARGV[9], ARGV[10], ARGV[11], '', '',

@@ -16,6 +16,7 @@
 --          or the owner releasing itself); '0': only if its liveness key expired
 -- ARGV[4]  '1': this counts as a lost run (redelivery); '0': returned unharmed
 -- ARGV[5]  max redeliveries   ARGV[6] dead ttl (s)   ARGV[7] reason, for the dead letter
+-- ARGV[8]  most dead jobs kept (dead_max)
 --
 -- Returns {requeued, buried}, or {-1, 0} when the owner is still alive.
 
@@ -56,7 +57,7 @@ for _, j in ipairs(jobs) do
     end
     redis.call('HDEL', job, 'owner')
     if lost >= max_redeliveries and #jobs == 1 then
-        bury(j.id, ARGV[7] .. ' (' .. lost .. ' times)', '', now, now_s, ARGV[6])
+        bury(j.id, ARGV[7] .. ' (' .. lost .. ' times)', '', now, now_s, ARGV[6], ARGV[8])
         buried = buried + 1
     else
         if lost >= max_redeliveries then

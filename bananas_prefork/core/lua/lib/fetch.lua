@@ -20,12 +20,15 @@ end
 
 -- A group's copy of the heads index (lib/queue.lua), for every priority, is
 -- built when a consumer of the group finds nothing in it and the group's record
--- (group:<gid>) is missing: the group's first fetch, or a Redis that lost its
--- data. Returns true when it built the copy, nil when it was there, false when
--- it needs the group's types and `types` is empty.
+-- (group:<gid>) is missing: the group's first fetch, a Redis that lost its data,
+-- or a group pruned (queues_prune.lua) after GROUP_TTL without an empty fetch.
+-- Returns true when it built the copy, nil when it was there, false when it
+-- needs the group's types and `types` is empty.
+local GROUP_TTL = 600  -- seconds a group lives after its last empty fetch
+
 local function ensure_group(gid, types)
     local marker = key('group', gid)
-    if redis.call('EXISTS', marker) == 1 then
+    if redis.call('EXPIRE', marker, GROUP_TTL) == 1 then
         return nil
     end
     if #types == 0 then
@@ -44,7 +47,8 @@ local function ensure_group(gid, types)
             end
         end
     end
-    redis.call('SET', marker, '1')
+    redis.call('SET', marker, '1', 'EX', GROUP_TTL)
+    redis.call('HSET', key('group_types'), gid, cjson.encode(types))
     return true
 end
 

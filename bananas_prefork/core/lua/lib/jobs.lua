@@ -3,6 +3,14 @@
 --
 -- job:<id>    the job's hash (fields in bananas_prefork/job.py)
 -- queues      set of 'prio:type' pairs ever used
+-- done, done:<start>   the notes of jobs that left no record (lib/done.lua)
+
+-- Whether a job id is taken: by a record, or by the note of a job that succeeded
+-- with nothing to keep (lib/done.lua), so a caller-given id stays taken while
+-- either lasts.
+local function job_known(id)
+    return redis.call('EXISTS', key('job', id)) == 1 or done_note(id) ~= nil
+end
 
 -- Record one new job. Returns its due time when it is due later (the caller
 -- schedules it), or nil when it is ready now (the caller queues it).

@@ -141,12 +141,22 @@ local function schedule(id, due)
     redis.call('ZADD', key('scheduled'), due, id)
 end
 
--- Move a job to the dead-letter set; its record expires after dead_ttl seconds.
-local function bury(id, error, traceback, now, now_s, dead_ttl)
+-- Move a job to the dead-letter set; its record expires after dead_ttl seconds, and
+-- past `cap` dead jobs the oldest go (set and record), so a storm of failures
+-- cannot fill Redis.
+local function bury(id, error, traceback, now, now_s, dead_ttl, cap)
     local job = key('job', id)
+    local dead = key('dead')
     redis.call('HSET', job, 'state', 'dead', 'error', error, 'traceback', traceback,
         'finished_at', now_s)
-    redis.call('ZADD', key('dead'), now_s, id)
+    redis.call('ZADD', dead, now_s, id)
     redis.call('EXPIRE', job, dead_ttl)
-    redis.call('ZREMRANGEBYSCORE', key('dead'), '-inf', now - tonumber(dead_ttl))
+    redis.call('ZREMRANGEBYSCORE', dead, '-inf', now - tonumber(dead_ttl))
+    local over = redis.call('ZCARD', dead) - tonumber(cap)
+    if over > 0 then
+        local dropped = redis.call('ZPOPMIN', dead, over)
+        for i = 1, #dropped, 2 do
+            redis.call('DEL', key('job', dropped[i]))
+        end
+    end
 end
