@@ -436,18 +436,21 @@ class Broker:
         start, note = self._done_note(job_id)
         if note is None:
             return None
-        attempts, ms = note.split("|")
-        return JobInfo.from_hash(job_id, {"state": SUCCEEDED, "attempts": attempts,
+        attempts, _, ms = note.rpartition("|")
+        return JobInfo.from_hash(job_id, {"state": SUCCEEDED, "attempts": attempts or "1",
                                           "finished_at": str(int(start) + int(ms) / 1000)})
 
     def _done_note(self, job_id: str) -> tuple[str, str | None]:
-        """(slice start, ``attempts|ms``) of a job in the live ``done`` slices, newest
-        first (lua/lib/done.lua)."""
+        """(slice start, note) of a job in the live ``done`` slices, newest first."""
         starts = cast(list[str], self.client.zrevrange(self.keys.done_index, 0, -1))
-        for start in starts:
-            note = cast(str | None, self.client.hget(self.keys.done(start), job_id))
+        with self.client.pipeline(transaction=False) as pipe:
+            for start in starts:
+                for shard in note_shards(job_id):
+                    pipe.hget(self.keys.done(start, shard), job_id)
+            notes = cast(list[str | None], pipe.execute())
+        for index, note in enumerate(notes):
             if note is not None:
-                return start, note
+                return starts[index // 2], note
         return "", None
 
     def _queue_pairs(self) -> list[tuple[str, str]]:
@@ -576,6 +579,14 @@ class Broker:
 
 NO_SETTLEMENT: tuple[Any, ...] = ("", "", 0, "", "", 0, 0, 0)
 NEED_TYPES = "types"  # the step script's answer when a fetch needs the job types left out
+
+
+def note_shards(job_id: str) -> tuple[str, str]:
+    """The job's shard of a ``done`` slice at each level (lua/lib/done.lua)."""
+    h = 0
+    for byte in job_id.encode()[-8:]:
+        h = (h * 257 + byte) % 1000003
+    return str(h % 256), str(256 + h % 4096)
 
 
 def fetch_flag(fetch: bool, woke: bool) -> str:

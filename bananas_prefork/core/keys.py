@@ -87,11 +87,11 @@ class Keys:
         """Sorted set: job id -> time it died (capped at ``dead_max``, oldest dropped)."""
         return self._key("dead")
 
-    def done(self, start: str) -> str:
-        """Hash: job id -> ``attempts|ms`` of the jobs that succeeded with nothing to keep
-        in the time slice starting at epoch second ``start`` (``ms`` after it); expires
-        ``done_ttl`` after the slice ends (lua/lib/done.lua)."""
-        return self._key("done", start)
+    def done(self, start: str, shard: str) -> str:
+        """Hash: job id -> note (``ms`` or ``attempts|ms`` after ``start``) of some of the
+        jobs that succeeded with nothing to keep in the time slice starting at epoch
+        second ``start``; expires ``done_ttl`` after the slice ends (lua/lib/done.lua)."""
+        return self._key("done", start, shard)
 
     @property
     def done_index(self) -> str:

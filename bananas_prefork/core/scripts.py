@@ -20,17 +20,21 @@ _INCLUDE = re.compile(r"^--! include (\S+)\s*$", re.MULTILINE)
 _COMMENT = re.compile(r"--[^\n]*")
 _WORD = re.compile(r"\w+")
 _FUNCTION = re.compile(r"^local function (\w+)\(.*?^end\n", re.MULTILINE | re.DOTALL)
+_COMMENT_OR_BLANK_LINE = re.compile(r"^[ \t]*(--[^\n]*)?\n", re.MULTILINE)
 
 
 @cache
 def script_source(name: str) -> str:
-    """The full text of ``lua/<name>.lua`` with its ``--! include`` lines expanded."""
+    """The text of ``lua/<name>.lua`` as Redis gets it: ``--! include`` lines expanded,
+    and without comment lines (Redis keeps every script's text for as long as it runs:
+    half of it would be comments)."""
     root = resources.files("bananas_prefork.core") / "lua"
 
     def expand(match: re.Match[str]) -> str:
         return (root / match.group(1)).read_text()
 
-    return without_unused_functions(_INCLUDE.sub(expand, (root / f"{name}.lua").read_text()))
+    source = without_unused_functions(_INCLUDE.sub(expand, (root / f"{name}.lua").read_text()))
+    return _COMMENT_OR_BLANK_LINE.sub("", source)
 
 
 def without_unused_functions(source: str) -> str:

@@ -9,7 +9,7 @@ import time
 import redis
 
 from bananas_prefork import App
-from bananas_prefork.core.broker import DEAD, NOTHING_KEPT
+from bananas_prefork.core.broker import DEAD, NOTHING_KEPT, note_shards
 from bananas_prefork.core.consumer import Consumer
 from bananas_prefork.core.keys import Keys
 from tests.contract.test_broker import fetch, settle
@@ -51,6 +51,24 @@ def test_nothing_to_keep_leaves_a_note_for_done_ttl(app: App, rclient: redis.Red
     assert settle(app, job, payload=NOTHING_KEPT) == 0  # a retried call after a lost reply
     assert settle(app, job, owner="w2", payload=NOTHING_KEPT) == 0  # same run, same attempt
     assert app.broker.step("w1", 0, None, False, [], [])[0] is None
+
+
+def test_notes_are_spread_over_small_hashes_and_found_again(app: App,
+                                                           rclient: redis.Redis) -> None:
+    """Notes go to shards that Redis keeps compact; a full shard spills to the second
+    level; every note is found again, by the same shard function in Lua and Python."""
+    crowded = [i for i in (f"crowd-{n}" for n in range(60_000)) if note_shards(i)[0] == "7"]
+    given = [*crowded[:130], "ünïcödé-1", "a", "order/42@x", "x" * 60]
+    ids = app.enqueue_many([("ping", [], {}, {"job_id": i}) for i in given])
+    ids += app.enqueue_many([("ping", [])] * 100)
+    while (job := fetch(app)) is not None:
+        assert settle(app, job, payload=NOTHING_KEPT) == 1
+    assert all(app.job(i).state == "succeeded" for i in ids)
+    shards = done_buckets(rclient, app.namespace)
+    crowd_shards = [k for k in shards if k.endswith(":7")]
+    assert len(crowd_shards) == 1 and rclient.hlen(crowd_shards[0]) == 120
+    assert {rclient.object("encoding", k) for k in shards} <= {"listpack", "ziplist"}  # 6.2
+    assert sum(rclient.hlen(k) for k in shards) == len(ids)
 
 
 def test_a_late_settle_of_an_older_run_changes_nothing(app: App) -> None:

@@ -24,7 +24,7 @@ local function settle(owner, id, attempt, mode, payload, traceback, delay, ttl, 
         -- record or a note, of the same attempt (every run has its own).
         local note = not cur[3] and done_note(id)
         if (cur[3] == 'succeeded' and cur[2] == attempt)
-                or (note and string.sub(note, 1, #attempt + 1) == attempt .. '|') then
+                or (note and note_of_attempt(note, attempt)) then
             return 0
         end
         return -1
