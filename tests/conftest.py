@@ -26,6 +26,8 @@ LAYERS = {
     "e2e": "real masters, real signals, the command line",
     "chaos": "faults injected into a real master under load (profile from "
              "$BANANAS_CHAOS_PROFILE: short, the default, or full)",
+    "soak": "a real master under sustained load for longer than every retention: Redis "
+            "memory and key count level off ($BANANAS_SOAK_SECONDS; scripts/soak)",
 }
 
 

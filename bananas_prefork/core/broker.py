@@ -450,7 +450,7 @@ class Broker:
             notes = cast(list[str | None], pipe.execute())
         for index, note in enumerate(notes):
             if note is not None:
-                return starts[index // 2], note
+                return starts[index // 3], note
         return "", None
 
     def _queue_pairs(self) -> list[tuple[str, str]]:
@@ -581,12 +581,12 @@ NO_SETTLEMENT: tuple[Any, ...] = ("", "", 0, "", "", 0, 0, 0)
 NEED_TYPES = "types"  # the step script's answer when a fetch needs the job types left out
 
 
-def note_shards(job_id: str) -> tuple[str, str]:
+def note_shards(job_id: str) -> tuple[str, str, str]:
     """The job's shard of a ``done`` slice at each level (lua/lib/done.lua)."""
     h = 0
     for byte in job_id.encode()[-8:]:
         h = (h * 257 + byte) % 1000003
-    return str(h % 256), str(256 + h % 4096)
+    return "a", str(h % 256), str(256 + h % 4096)
 
 
 def fetch_flag(fetch: bool, woke: bool) -> str:

@@ -1,14 +1,15 @@
 -- The notes of jobs that succeeded with nothing to keep (a None result, or a task
 -- with store_result=False): no record, only a note under the job's id, 'ms' (the
 -- finish time, in ms after its slice's start) or 'attempts|ms' after more than one
--- attempt. A slice is a fifth of done_ttl, between 1 and 60 seconds; its notes are
--- spread over small hashes, done:<start>:<shard>, which Redis keeps as compact
--- listpacks (up to 128 entries each): about 50 bytes a note instead of 110 in one
--- big hash. A shard that is full sends its notes to one of many more shards (the
--- second level, for high rates). Every shard of a slice expires done_ttl seconds
--- after the slice ends, so a note lives done_ttl to 1.2 x done_ttl (plus a second).
--- The sorted set 'done' lists the live slices (score: when they expire).
--- keys.py Keys.done; broker.py note_shards mirrors note_shards.
+-- attempt. A slice is a fifth of done_ttl, between 1 and 60 seconds; its notes go
+-- to small hashes, done:<start>:<shard>, which Redis keeps as compact listpacks (up
+-- to 128 entries each): about 30 bytes a note instead of 110 in one big hash.
+-- Shard 'a' takes a slice's first notes; once it is full the job's shard of 256
+-- takes them, and once that is full its shard of 4096 more (for high rates).
+-- Every shard of a slice expires done_ttl seconds after the slice ends, so a note
+-- lives done_ttl to 1.2 x done_ttl (plus a second). The sorted set 'done' lists
+-- the live slices (score: when they expire). keys.py Keys.done; broker.py
+-- note_shards mirrors note_shards.
 
 local SHARDS, MORE_SHARDS, SHARD_FULL = 256, 4096, 120
 local done_slices = nil  -- the slices in the index, read once per call
@@ -19,7 +20,7 @@ local function note_shards(id)
     for i = math.max(1, #id - 7), #id do
         h = (h * 257 + string.byte(id, i)) % 1000003
     end
-    return tostring(h % SHARDS), tostring(SHARDS + h % MORE_SHARDS)
+    return {'a', tostring(h % SHARDS), tostring(SHARDS + h % MORE_SHARDS)}
 end
 
 local function record_done(id, attempt, ttl, now)
@@ -27,12 +28,14 @@ local function record_done(id, attempt, ttl, now)
     local start = math.floor(now / width) * width
     local start_s = string.format('%d', start)
     local ms = string.format('%d', (now - start) * 1000)
-    local first, second = note_shards(id)
-    local shard = key('done', start_s, first)
-    local size = redis.call('HLEN', shard)
-    if size >= SHARD_FULL then
-        shard = key('done', start_s, second)
+    local shards = note_shards(id)
+    local shard, size
+    for level = 1, 3 do
+        shard = key('done', start_s, shards[level])
         size = redis.call('HLEN', shard)
+        if size < SHARD_FULL then
+            break
+        end
     end
     redis.call('HSET', shard, id, attempt == '1' and ms or attempt .. '|' .. ms)
     if size == 0 then
@@ -50,12 +53,13 @@ local function done_note(id)
     if done_slices == nil then
         done_slices = redis.call('ZRANGE', key('done'), 0, -1)
     end
-    local first, second = note_shards(id)
+    local shards = note_shards(id)
     for _, start in ipairs(done_slices) do
-        local note = redis.call('HGET', key('done', start, first), id) or
-            redis.call('HGET', key('done', start, second), id)
-        if note then
-            return note
+        for level = 1, 3 do
+            local note = redis.call('HGET', key('done', start, shards[level]), id)
+            if note then
+                return note
+            end
         end
     end
     return nil
