@@ -230,7 +230,7 @@ class Deployment:
     done_ttl: float = setting(300.0, parse=s.duration(), env="BANANAS_DONE_TTL", help=(
         "How long a job that succeeded with nothing to keep (a None result, or a task "
         "with store_result=False) is still known: a compact note of its state, attempts "
-        "and finish time, about 100 bytes (0: not at all)."))
+        "and finish time, 30 to 50 bytes (0: not at all)."))
     dead_ttl: float = setting(7 * 86400.0, parse=s.duration(1.0), env="BANANAS_DEAD_TTL",
                               help="How long dead jobs are kept.")
     dead_max: int = setting(10_000, parse=s.whole(1), env="BANANAS_DEAD_MAX", help=(

@@ -19,6 +19,7 @@ import typer.main
 
 import bananas_prefork
 from bananas_prefork import App
+from bananas_prefork.ops import acl
 from bananas_prefork.ops.cli import cli
 from bananas_prefork.ops.reference import render
 from bananas_prefork.ops.status import gather
@@ -176,3 +177,9 @@ def test_readme_commands_work_from_a_fresh_clone(tmp_path: Path) -> None:
                             capture_output=True, text=True, timeout=600)
     assert tested.returncode == 0, tested.stdout[-3000:] + tested.stderr[-3000:]
     assert re.search(r"\d+ passed", tested.stdout)
+
+
+def test_the_acl_rule_in_the_docs_is_the_one_the_command_prints() -> None:
+    text = (ROOT / "docs" / "high-availability.md").read_text()
+    assert acl.rule("bananas", "bananas") in text.splitlines(), \
+        "docs/high-availability.md shows a stale rule: bananas-prefork acl --namespace bananas"
