@@ -368,6 +368,9 @@ class _PlainItems:
             args_json = jobs.dumps(args, "args") if args else "[]"
         except ValueError:
             return None
+        limit = self.app.max_payload_bytes - 2  # new_job counts kwargs, "{}"
+        if len(args_json) * 4 > limit and len(args_json.encode()) > limit:
+            return None  # the full path says it is too big
         if self.used == len(self.random):
             self.random, self.used = os.urandom(16 * 256).hex(), 0
         job_id = self.random[self.used:self.used + 32]
