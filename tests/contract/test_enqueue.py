@@ -202,6 +202,6 @@ def test_payload_cap_is_a_setting(redis_url: str, namespace: str) -> None:
 def test_payload_cap_holds_for_the_plain_items_of_enqueue_many(
         redis_url: str, namespace: str, rclient: redis.Redis) -> None:
     small = App(redis_url, namespace=namespace, max_payload_bytes=100)
-    with pytest.raises(ValueError, match="item 1: .*max_payload_bytes"):
+    with pytest.raises(ValueError, match=r"item 1: .*max_payload_bytes"):
         small.enqueue_many([("send_email", ["ok"]), ("send_email", ["x" * 200])])
     assert not rclient.keys(f"{{{namespace}}}:job:*")  # all or nothing
