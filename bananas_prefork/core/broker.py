@@ -428,8 +428,8 @@ class Broker:
     # -- reading -------------------------------------------------------------
 
     def job_info(self, job_id: str) -> JobInfo | None:
-        """A job's record; for one that succeeded with nothing to keep, the compact
-        note of its minute (``done_ttl``); None when unknown or expired."""
+        """A job's record; for one that succeeded with nothing to keep, what its note
+        says (``done_ttl``); None when unknown or expired."""
         fields = cast(dict[str, str], self.client.hgetall(self.keys.job(job_id)))
         if fields:
             return JobInfo.from_hash(job_id, fields)
