@@ -436,8 +436,10 @@ class Broker:
         start, note = self._done_note(job_id)
         if note is None:
             return None
-        attempts, _, ms = note.rpartition("|")
+        runs, _, ms = note.rpartition("|")
+        attempts, _, redeliveries = runs.partition(":")
         return JobInfo.from_hash(job_id, {"state": SUCCEEDED, "attempts": attempts or "1",
+                                          "redeliveries": redeliveries or "0",
                                           "finished_at": str(int(start) + int(ms) / 1000)})
 
     def _done_note(self, job_id: str) -> tuple[str, str | None]:

@@ -53,6 +53,21 @@ def test_nothing_to_keep_leaves_a_note_for_done_ttl(app: App, rclient: redis.Red
     assert app.broker.step("w1", 0, None, False, [], [])[0] is None
 
 
+def test_a_run_lost_with_its_child_is_still_counted_after_success(app: App) -> None:
+    """The cut record and the note both keep ``redeliveries``: an operator reading a
+    finished job sees that one of its runs died with its child."""
+    for payload in ('"kept"', NOTHING_KEPT):
+        job_id = app.enqueue("ping")
+        assert fetch(app, owner="lost") is not None
+        assert app.broker.recover("lost", known_dead=True) == (1, 0)
+        job = fetch(app)
+        assert job is not None and job.id == job_id
+        assert settle(app, job, payload=payload) == 1
+        info = app.job(job_id)
+        assert (info.state, info.attempts, info.redeliveries) == ("succeeded", 2, 1)
+        assert settle(app, job, payload=payload) == 0  # a retried call after a lost reply
+
+
 def test_notes_are_spread_over_small_hashes_and_found_again(app: App,
                                                            rclient: redis.Redis) -> None:
     """Notes go to hashes that Redis keeps compact: a slice's first 120 to one, then

@@ -128,11 +128,12 @@ def test_an_acl_user_with_the_printed_rule_runs_the_whole_happy_path(
 
 
 def ticks(admin_url: str, namespace: str) -> list[str]:
-    """Ids of jobs the periodic entry made (read as the admin: the worker may not SCAN)."""
+    """Ids of jobs the periodic entry made (read as the admin: the worker may not SCAN):
+    the tag is in a waiting job's arguments, and in a finished one's result."""
     with redis.Redis.from_url(admin_url, decode_responses=True) as client:
         prefix = f"{{{namespace}}}:job:"
         return [key[len(prefix):] for key in client.scan_iter(f"{prefix}*")
-                if "tick" in (client.hget(key, "args") or "")]
+                if any("tick" in (text or "") for text in client.hmget(key, "args", "result"))]
 
 
 def test_a_missing_permission_names_the_command_once_and_nothing_dies(

@@ -1,7 +1,7 @@
 -- The notes of jobs that succeeded with nothing to keep (a None result, or a task
 -- with store_result=False): no record, only a note under the job's id, 'ms' (the
 -- finish time, in ms after its slice's start) or 'attempts|ms' after more than one
--- attempt. A slice is a fifth of done_ttl, between 1 and 60 seconds; its notes go
+-- attempt, 'attempts:redeliveries|ms' when runs were lost with their child. A slice is a fifth of done_ttl, between 1 and 60 seconds; its notes go
 -- to small hashes, done:<start>:<shard>, which Redis keeps as compact listpacks (up
 -- to 128 entries each): about 30 bytes a note instead of 110 in one big hash.
 -- Shard 'a' takes a slice's first notes; once it is full the job's shard of 256
@@ -23,7 +23,7 @@ local function note_shards(id)
     return {'a', tostring(h % SHARDS), tostring(SHARDS + h % MORE_SHARDS)}
 end
 
-local function record_done(id, attempt, ttl, now)
+local function record_done(id, attempt, redeliveries, ttl, now)
     local width = math.max(1, math.min(60, math.floor(tonumber(ttl) / 5)))
     local start = math.floor(now / width) * width
     local start_s = string.format('%d', start)
@@ -37,7 +37,8 @@ local function record_done(id, attempt, ttl, now)
             break
         end
     end
-    redis.call('HSET', shard, id, attempt == '1' and ms or attempt .. '|' .. ms)
+    local runs = redeliveries and attempt .. ':' .. redeliveries or attempt
+    redis.call('HSET', shard, id, runs == '1' and ms or runs .. '|' .. ms)
     if size == 0 then
         -- A new shard: its lifetime, and the slice in the index (whose expired
         -- slices go now, so it holds about six).
@@ -67,6 +68,6 @@ end
 
 -- Whether a note is of this attempt.
 local function note_of_attempt(note, attempt)
-    local bar = string.find(note, '|', 1, true)
-    return (bar and string.sub(note, 1, bar - 1) or '1') == attempt
+    local runs = string.match(note, '^([^|:]+)[|:]') or '1'
+    return runs == attempt
 end

@@ -5,8 +5,8 @@
 --
 -- What a finished job leaves behind is what someone may still read, no more
 -- (docs/guarantees.md, "What stays in Redis"):
---   succeeded  its record cut to name, state, attempts, result and finish time,
---              for `ttl` seconds (result_ttl; 0 keeps nothing)
+--   succeeded  its record cut to name, state, attempts, redeliveries (when any),
+--              result and finish time, for `ttl` seconds (result_ttl; 0 keeps nothing)
 --   done       no record, a note of its attempts and finish time (lib/done.lua),
 --              for `ttl` seconds (done_ttl) after the slice it finished in
 --   dead       the whole record, for `ttl` seconds (dead_ttl), at most `cap` of them
@@ -18,7 +18,7 @@
 local function settle(owner, id, attempt, mode, payload, traceback, delay, ttl, cap, now,
                       now_s)
     local job = key('job', id)
-    local cur = redis.call('HMGET', job, 'owner', 'attempts', 'state', 'name')
+    local cur = redis.call('HMGET', job, 'owner', 'attempts', 'state', 'name', 'redeliveries')
     if cur[1] ~= owner or cur[2] ~= attempt then
         -- A retried call after a lost reply finds what the first one left: a cut
         -- record or a note, of the same attempt (every run has its own).
@@ -34,16 +34,20 @@ local function settle(owner, id, attempt, mode, payload, traceback, delay, ttl, 
     end
     -- Owner and attempt match a running job, so this slot holds exactly this run;
     -- the caller frees the slot (step.lua: unless a fetch refills it at once).
+    local lost = cur[5] ~= false and cur[5] ~= '0' and cur[5] or nil
     if mode == 'done' then
         redis.call('DEL', job)
         if ttl ~= '0' then
-            record_done(id, attempt, ttl, now)
+            record_done(id, attempt, lost, ttl, now)
         end
     elseif mode == 'succeeded' then
         redis.call('DEL', job)
         if ttl ~= '0' then
             redis.call('HSET', job, 'name', cur[4], 'state', 'succeeded', 'attempts', attempt,
                 'result', payload, 'finished_at', now_s)
+            if lost then
+                redis.call('HSET', job, 'redeliveries', lost)
+            end
             redis.call('EXPIRE', job, ttl)
         end
     elseif mode == 'retry' then
