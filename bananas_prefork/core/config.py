@@ -225,8 +225,8 @@ class Deployment:
         "A job whose child died under it this many times goes to the dead letters as a "
         "poison pill (see docs/guarantees.md for what a crash charges)."))
     result_ttl: float = setting(3600.0, parse=s.duration(), env="BANANAS_RESULT_TTL", help=(
-        "How long a succeeded job's result is kept (with its name, state, attempts and "
-        "finish time; 0: not at all)."))
+        "How long a succeeded job's result is kept (with its name, state, attempts, "
+        "redeliveries and finish time; 0: not at all)."))
     done_ttl: float = setting(300.0, parse=s.duration(), env="BANANAS_DONE_TTL", help=(
         "How long a job that succeeded with nothing to keep (a None result, or a task "
         "with store_result=False) is still known: a compact note of its state, attempts "

@@ -88,9 +88,10 @@ class Keys:
         return self._key("dead")
 
     def done(self, start: str, shard: str) -> str:
-        """Hash: job id -> note (``ms`` or ``attempts|ms`` after ``start``) of some of the
-        jobs that succeeded with nothing to keep in the time slice starting at epoch
-        second ``start``; expires ``done_ttl`` after the slice ends (lua/lib/done.lua)."""
+        """Hash: job id -> note (``ms``, ``attempts|ms`` or ``attempts:redeliveries|ms``
+        after ``start``) of some of the jobs that succeeded with nothing to keep in the
+        time slice starting at epoch second ``start``; expires ``done_ttl`` after the
+        slice ends (lua/lib/done.lua)."""
         return self._key("done", start, shard)
 
     @property
