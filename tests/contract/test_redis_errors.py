@@ -1,9 +1,10 @@
 """Redis answering with an error, not dropping the connection: every slot, the scheduler
-and the consumer as a whole survive BUSY, READONLY, OOM and a missing permission, and
+and the consumer as a whole survive BUSY, READONLY, OOM, MISCONF and a missing permission, and
 work at full strength afterwards. Each test owns its redis-server (it reconfigures it)."""
 
 from __future__ import annotations
 
+import shutil
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -144,6 +145,39 @@ def test_an_out_of_memory_episode_leaves_every_slot_working(
             lambda: server.config_set("maxmemory", 0), 2.0)
     all_slots_work(app, 3)
     wait_until(lambda: all(app.job(i).state == "succeeded" for i in naps))
+
+
+def bgsave_status(server: redis.Redis) -> str:
+    return str(server.info("persistence")["rdb_last_bgsave_status"])
+
+
+def test_a_failed_snapshot_episode_leaves_every_slot_working(
+        app: App, server: redis.Redis, private_redis: RedisServer,
+        consumers: list[Consumer]) -> None:
+    """MISCONF for real: a snapshot that cannot be written makes Redis refuse every
+    write (stop-writes-on-bgsave-error) until the operator lifts it. It is waited out
+    as a passing fault, not reported as a refusal of this deployment."""
+    hooks = Recorder()
+    consumer = Consumer(app, threads=3, idle_timeout=0.1, hooks=hooks)
+    consumer.start()
+    consumers.append(consumer)
+    naps = finish_during_the_episode(app, consumer, 3)
+
+    def fail_snapshots() -> None:
+        server.config_set("stop-writes-on-bgsave-error", "yes")
+        server.config_set("save", "3600 1")  # the refusal needs snapshots to be configured
+        shutil.rmtree(private_redis.data_dir)  # no file can be made there, even as root
+        server.bgsave()
+        wait_until(lambda: server.info("persistence")["rdb_last_bgsave_status"] == "err",
+                   message="the snapshot fails")
+        with pytest.raises(redis.ResponseError, match="MISCONF"):
+            server.set("probe", "1")
+
+    episode(server, fail_snapshots,
+            lambda: server.config_set("stop-writes-on-bgsave-error", "no"), 1.5)
+    all_slots_work(app, 3)
+    wait_until(lambda: all(app.job(i).state == "succeeded" for i in naps))
+    assert hooks.refusals == []
 
 
 def test_a_missing_permission_is_reported_once_and_the_slots_wait_for_the_fix(
