@@ -432,9 +432,13 @@ def test_status_shows_the_dead_cap_and_the_cap_holds(masters: MasterFactory, app
                                                      namespace: str) -> None:
     masters(toml("[pools.default]\nconcurrency = 2\n", dead_max=2, done_ttl="2m"))
     ids = [app.enqueue("always_fails", args=[n], max_retries=0) for n in range(5)]
-    wait_until(lambda: app.broker.dead_count() == 2
-               and all(app.job(i) is None or app.job(i).state == "dead" for i in ids)
-               and sum(app.job(i) is not None for i in ids) == 2, timeout=15)
+
+    def capped() -> bool:
+        states = [job.state if (job := app.job(i)) else None for i in ids]  # one read each
+        return (app.broker.dead_count() == 2 and states.count("dead") == 2
+                and states.count(None) == 3)
+
+    wait_until(capped, timeout=15, message="two dead jobs kept, three dropped")
     data = wait_until(lambda: (d := status_json(redis_url, namespace, tmp_path))["nodes"]
                       and d, timeout=10)
     assert data["dead"] == 2
