@@ -67,13 +67,6 @@ def all_slots_work(app: App, slots: int) -> None:
                message=f"{slots} jobs running at once")
 
 
-def episode(admin: redis.Redis, begin: Callable[[], object], end: Callable[[], object],
-            seconds: float) -> None:
-    begin()
-    time.sleep(seconds)  # the fault lasts this long: the slots keep hitting it
-    end()
-
-
 def finish_during_the_episode(app: App, consumer: Consumer, slots: int) -> list[str]:
     """Jobs that end (and so call Redis) while the fault lasts, one per slot."""
     @app.task(name="nap")
@@ -122,33 +115,34 @@ def test_a_busy_episode_leaves_every_slot_and_the_scheduler_working(
         scheduling.join(5)
 
 
-def test_a_read_only_episode_leaves_every_slot_working(
-        app: App, server: redis.Redis, consumers: list[Consumer]) -> None:
-    consumer = Consumer(app, threads=3, idle_timeout=0.1)
+def survives_episode(app: App, consumers: list[Consumer], begin: Callable[[], object],
+                     end: Callable[[], object], seconds: float) -> Recorder:
+    """Three busy slots live through a fault of ``seconds``: then three jobs run at
+    once and the jobs that ended during the fault succeed. Returns what was reported."""
+    hooks = Recorder()
+    consumer = Consumer(app, threads=3, idle_timeout=0.1, hooks=hooks)
     consumer.start()
     consumers.append(consumer)
     naps = finish_during_the_episode(app, consumer, 3)
-    # a replica of a master that does not answer: it keeps its data and refuses writes
-    episode(server, lambda: server.replicaof("127.0.0.1", 1),
-            lambda: server.replicaof("NO", "ONE"), 1.5)
+    begin()
+    time.sleep(seconds)  # the fault lasts this long: the slots keep hitting it
+    end()
     all_slots_work(app, 3)
     wait_until(lambda: all(app.job(i).state == "succeeded" for i in naps))
+    return hooks
+
+
+def test_a_read_only_episode_leaves_every_slot_working(
+        app: App, server: redis.Redis, consumers: list[Consumer]) -> None:
+    # a replica of a master that does not answer: it keeps its data and refuses writes
+    survives_episode(app, consumers, lambda: server.replicaof("127.0.0.1", 1),
+                     lambda: server.replicaof("NO", "ONE"), 1.5)
 
 
 def test_an_out_of_memory_episode_leaves_every_slot_working(
         app: App, server: redis.Redis, consumers: list[Consumer]) -> None:
-    consumer = Consumer(app, threads=3, idle_timeout=0.1)
-    consumer.start()
-    consumers.append(consumer)
-    naps = finish_during_the_episode(app, consumer, 3)
-    episode(server, lambda: server.config_set("maxmemory", 1),
-            lambda: server.config_set("maxmemory", 0), 2.0)
-    all_slots_work(app, 3)
-    wait_until(lambda: all(app.job(i).state == "succeeded" for i in naps))
-
-
-def bgsave_status(server: redis.Redis) -> str:
-    return str(server.info("persistence")["rdb_last_bgsave_status"])
+    survives_episode(app, consumers, lambda: server.config_set("maxmemory", 1),
+                     lambda: server.config_set("maxmemory", 0), 2.0)
 
 
 def test_a_failed_snapshot_episode_leaves_every_slot_working(
@@ -157,12 +151,6 @@ def test_a_failed_snapshot_episode_leaves_every_slot_working(
     """MISCONF for real: a snapshot that cannot be written makes Redis refuse every
     write (stop-writes-on-bgsave-error) until the operator lifts it. It is waited out
     as a passing fault, not reported as a refusal of this deployment."""
-    hooks = Recorder()
-    consumer = Consumer(app, threads=3, idle_timeout=0.1, hooks=hooks)
-    consumer.start()
-    consumers.append(consumer)
-    naps = finish_during_the_episode(app, consumer, 3)
-
     def fail_snapshots() -> None:
         server.config_set("stop-writes-on-bgsave-error", "yes")
         server.config_set("save", "3600 1")  # the refusal needs snapshots to be configured
@@ -173,10 +161,9 @@ def test_a_failed_snapshot_episode_leaves_every_slot_working(
         with pytest.raises(redis.ResponseError, match="MISCONF"):
             server.set("probe", "1")
 
-    episode(server, fail_snapshots,
-            lambda: server.config_set("stop-writes-on-bgsave-error", "no"), 1.5)
-    all_slots_work(app, 3)
-    wait_until(lambda: all(app.job(i).state == "succeeded" for i in naps))
+    hooks = survives_episode(app, consumers, fail_snapshots,
+                             lambda: server.config_set("stop-writes-on-bgsave-error", "no"),
+                             1.5)
     assert hooks.refusals == []
 
 

@@ -10,7 +10,8 @@ import signal
 import pytest
 
 from bananas_prefork.supervisor import master as master_module
-from bananas_prefork.supervisor.pool import FAILING_AFTER, Pool, SchedulerGroup
+from bananas_prefork.supervisor.pool import FAILING_AFTER, Child, Pool, SchedulerGroup
+from bananas_prefork.supervisor.workforce import Workforce
 from tests.unit.fake_os import (
     FakeOS,
     RecordingBroker,
@@ -330,13 +331,19 @@ def test_usr2_rolls_one_group_at_a_time(fake_os: FakeOS,
 # -- health -------------------------------------------------------------------------------
 
 
-def test_a_job_past_its_hard_limit_gets_term_then_kill(fake_os: FakeOS) -> None:
+def a_job_with_a_hard_limit_of_5s() -> tuple[Workforce, Child]:
+    """A workforce of one ready child, whose only slot has just started a 5 s job."""
     force = new_workforce(deployment({"pools": {"p": {"concurrency": 1, "job_timeout": "5s"}}},
                                      scheduler={"enabled": False}))
     force.manage()
     (child,) = force.children()
     child.group.child_ready(child)
     child.scoreboard.job_started(0, "j1", "fetch", 1, 5.0)
+    return force, child
+
+
+def test_a_job_past_its_hard_limit_gets_term_then_kill(fake_os: FakeOS) -> None:
+    force, child = a_job_with_a_hard_limit_of_5s()
     fake_os.clock.advance(4.0)
     force.check_health()
     assert fake_os.signals == []
@@ -350,12 +357,7 @@ def test_a_job_past_its_hard_limit_gets_term_then_kill(fake_os: FakeOS) -> None:
 
 def test_a_wall_clock_step_does_not_kill_a_healthy_job(fake_os: FakeOS) -> None:
     """NTP may step the wall clock by minutes; hard limits run on the monotonic clock."""
-    force = new_workforce(deployment({"pools": {"p": {"concurrency": 1, "job_timeout": "5s"}}},
-                                     scheduler={"enabled": False}))
-    force.manage()
-    (child,) = force.children()
-    child.group.child_ready(child)
-    child.scoreboard.job_started(0, "j1", "fetch", 1, 5.0)
+    force, child = a_job_with_a_hard_limit_of_5s()
     fake_os.clock.advance(1.0)
     fake_os.clock.step_wall(3600.0)
     force.check_health()
