@@ -155,7 +155,7 @@ def test_the_overview_shows_what_status_json_reports(cluster: Cluster, page: Pag
             live = sum(1 for c in pool["processes"] if c["state"] in ("idle", "busy"))
             assert field(row, "mode") == pool["mode"]
             assert field(row, "processes") == f"{live}/{pool['processes_wanted']}"
-            assert field(row, "busy").endswith(f"{pool['busy']}/{pool['concurrency']}")
+            assert field(row, "busy").endswith(f"{pool['busy']}/{pool['slots']}")
             assert field(row, "jobs_done") == str(pool["jobs_done"])
             assert field(row, "jobs_failed") == str(pool["jobs_failed"])
             assert field(row, "restarts") == str(pool["restarts"])

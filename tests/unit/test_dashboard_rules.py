@@ -5,14 +5,17 @@ from __future__ import annotations
 
 import base64
 import io
+import time
 from typing import Any
 
 import pytest
 
+from bananas_prefork import App
 from bananas_prefork.core.config import ConfigError, Deployment, from_mapping
 from bananas_prefork.core.history import MINUTE, SECOND, Tally, series
 from bananas_prefork.core.nodes import PoolStatus
 from bananas_prefork.ops.dashboard.app import Options
+from bananas_prefork.ops.dashboard.pages import Reader
 from bananas_prefork.ops.dashboard.server import parse_bind
 from bananas_prefork.ops.dashboard.web import CSRF_COOKIE, Guard, HTTPError, Request, Response
 
@@ -212,3 +215,16 @@ def test_a_bad_secret_is_never_echoed() -> None:
     assert "nopassword" not in str(bad.value)
     with pytest.raises(ConfigError, match="dashboard_prefix"):
         from_mapping({"app": "x:app", "dashboard_prefix": "/a b"}, "f.toml")
+
+
+def test_the_overview_counts_the_slots_running_now() -> None:
+    """A pool grown by TTIN runs more slots than it declares: the overview's busy total
+    and utilization are over the slots, as ``status`` and the metrics count them."""
+    pages = Reader(App("redis://127.0.0.1:1/0", namespace="unit").broker)
+    grown = {"mode": "default", "concurrency": 2, "slots": 3, "busy": 3,
+             "processed_per_min": 0.0, "failed_per_min": 0.0, "processes": []}
+    scheduler = {**grown, "mode": "scheduler-only", "slots": 0, "busy": 0}
+    status = {"nodes": [{"state": "running", "pools": [grown, scheduler]}], "queues": {}}
+    pages._status = (time.monotonic(), status)  # type: ignore[assignment]
+    totals = pages.overview()["totals"]
+    assert (totals["busy"], totals["slots"], totals["utilization"]) == (3, 3, 1.0)

@@ -103,7 +103,7 @@ class Reader:
         status = self.status()
         pools = [p for n in status["nodes"] if n.get("state") != "lost" for p in n["pools"]]
         busy = sum(p["busy"] for p in pools)
-        slots = sum(p["concurrency"] for p in pools if p["mode"] != "scheduler-only")
+        slots = sum(p["slots"] for p in pools if p["mode"] != "scheduler-only")
         return {
             "status": status,
             "alerts_shown": ALERTS_SHOWN,
