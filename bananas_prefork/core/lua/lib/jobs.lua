@@ -25,25 +25,20 @@ local function record_job(id, name, prio, args, kwargs, options, when, seq_s, no
             due = tonumber(string.sub(when, 2))
         end
     end
-    local job = key('job', id)
-    if due > now then
-        redis.call('HSET', job, 'name', name, 'priority', prio, 'args', args, 'kwargs', kwargs,
-            'state', 'scheduled', 'attempts', '0', 'seq', seq_s, 'enqueued_at', now_s,
-            'due_at', tostring(due))
-    elseif options == '' then
-        redis.call('HSET', job, 'name', name, 'priority', prio, 'args', args, 'kwargs', kwargs,
-            'state', 'queued', 'attempts', '0', 'seq', seq_s, 'enqueued_at', now_s)
-        return nil
-    else
-        redis.call('HSET', job, 'name', name, 'priority', prio, 'args', args, 'kwargs', kwargs,
-            'state', 'queued', 'attempts', '0', 'seq', seq_s, 'enqueued_at', now_s,
-            'options', options)
-        return nil
+    local fields = {'name', name, 'priority', prio, 'args', args, 'kwargs', kwargs,
+        'state', 'queued', 'attempts', '0', 'seq', seq_s, 'enqueued_at', now_s}
+    local later = due > now
+    if later then
+        fields[10] = 'scheduled'
+        fields[#fields + 1] = 'due_at'
+        fields[#fields + 1] = tostring(due)
     end
     if options ~= '' then
-        redis.call('HSET', job, 'options', options)
+        fields[#fields + 1] = 'options'
+        fields[#fields + 1] = options
     end
-    return due
+    redis.call('HSET', key('job', id), unpack(fields))
+    return later and due or nil
 end
 
 -- Record one new job and queue it, or schedule it when it is due later.
