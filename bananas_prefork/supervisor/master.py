@@ -132,7 +132,6 @@ class Master:
         self._publishing = Every(PUBLISH_INTERVAL)
         self._eviction_check = Every(EVICTION_CHECK_INTERVAL)
         self._eviction_policy: str | None = "noeviction"
-        self._periodic_pending = False
         self._periodic_refresh = Every(PERIODIC_REFRESH_INTERVAL)
         self.refusals: dict[str, str] = {}  # what Redis refuses the master itself
         self._renewal_trouble = Trouble("master: job liveness renewal", self._refused)
@@ -172,7 +171,7 @@ class Master:
         if self.state is State.STARTING:
             self._connect()
         elif self.state is State.RUNNING:
-            if self._periodic_pending or self._periodic_refresh.due():
+            if self._periodic_refresh.due():
                 self._register_periodic()
             self._check_health()
             self._advance_rollout()
@@ -319,14 +318,13 @@ class Master:
         """Declare this deployment's periodic entries in the shared schedule (and forget
         what masters that are gone declared). Also once a minute: a master cut off from
         Redis for longer than node_ttl was taken for gone, and declares its entries again."""
-        self._periodic_pending = True
         try:
             periodic.register(self.broker, periodic.entries_for(self.deployment.periodic,
                                                                 self.app), str(self.node))
-            self._periodic_pending = False
             self._periodic_trouble.recovered()
+            self._periodic_refresh.retry_in(PERIODIC_REFRESH_INTERVAL)
         except redis.RedisError as exc:
-            self._periodic_trouble.failed(exc)  # the next pass is the retry
+            self._periodic_refresh.retry_in(self._periodic_trouble.failed(exc))
 
     # -- children ---------------------------------------------------------------------------
 
