@@ -52,8 +52,7 @@ class ChildSpec:
     label: str  # pool[index], or "scheduler"
     deployment: Deployment
     app: App
-    master_pid: int
-    node: NodeId  # the master's: its scheduler leads in the master's name
+    node: NodeId  # the master's (its pid is the parent's): its scheduler leads in its name
     owner: OwnerId | None  # under which a pool child holds its jobs
     scoreboard: Scoreboard
     report_fd: int
@@ -143,7 +142,7 @@ class _Child:
             libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
         except (OSError, AttributeError):
             pass  # not Linux: the parent check in the main loop still applies
-        return os.getppid() == self.spec.master_pid
+        return os.getppid() == self.spec.node.pid
 
     def _load_app(self) -> App:
         app = self.spec.app
@@ -266,8 +265,8 @@ class _Child:
             if self._signalled(0.25) and not stopping:
                 stopping = True
                 request_stop()
-            if os.getppid() != self.spec.master_pid:
-                log.warning("master %d is gone; stopping", self.spec.master_pid)
+            if os.getppid() != self.spec.node.pid:
+                log.warning("master %d is gone; stopping", self.spec.node.pid)
                 request_stop()
                 return time.monotonic()
             self.spec.scoreboard.beat()

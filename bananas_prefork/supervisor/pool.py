@@ -223,7 +223,7 @@ class Group:
             return "failing"
         return "running" if self.is_up() else "starting"
 
-    def describe(self, config: PoolConfig, now: float) -> PoolStatus:
+    def describe(self, config: PoolConfig) -> PoolStatus:
         """A declared pool as ``status --json`` shows it, with this group's children.
 
         The one builder of a pool's record: a job pool describes itself; a
@@ -233,6 +233,7 @@ class Group:
         busy, wanted = self.slots()
         processed, failing_rate = self.per_minute()
         runs_jobs = config.runs_jobs
+        now = time.monotonic()  # the scoreboard's clock, for the jobs' ages
         return {
             "name": config.name,
             "mode": config.mode,
@@ -255,7 +256,7 @@ class Group:
             "utilization_high_since": self.busy_since,
             "no_live_child_since": self.empty_since,
             "job_type_stats": {t: s.as_dict() for t, s in sorted(self.stats.items())},
-            "processes": [c.describe(time.monotonic())
+            "processes": [c.describe(now)
                           for c in sorted(self.children.values(), key=lambda c: c.index)],
         }
 

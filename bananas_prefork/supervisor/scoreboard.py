@@ -145,10 +145,11 @@ class Scoreboard:
     def jobs_failed(self) -> int:
         return int(self._header.jobs_failed)
 
-    def silence(self, now: float, limit: float) -> str | None:
+    def silence(self, now: float, limit: float, running: list[SlotView]) -> str | None:
         """Why the child looks stuck, or None: a loop silent for ``limit`` seconds while
-        running no job, or a silent main loop while no job runs (a job may hold the GIL)."""
-        busy = {view.slot for view in self.busy_slots()}
+        running no job, or a silent main loop while no job runs (a job may hold the GIL).
+        ``running``: the busy slots, as just read (``busy_slots``)."""
+        busy = {view.slot for view in running}
         for index, entry in enumerate(self._slots):
             if index not in busy and now - entry.alive_at > limit:
                 name = f"slot {index}" if index < self.threads else "the scheduler loop"

@@ -60,7 +60,6 @@ class Workforce:
         self.app = app
         self.broker = broker
         self.node = node
-        self.master_pid = node.pid
         self.selector = selector
         self.inherited_fds = inherited_fds  # the master's descriptors a child must close
         self.groups: list[Group] = []
@@ -143,10 +142,10 @@ class Workforce:
         threads = pool.config.threads_of(index) if pool is not None else 0
         scoreboard = Scoreboard(threads, loops=1 if runs_scheduler else 0)
         read_fd, write_fd = os.pipe()
-        owner = OwnerId.new(self.master_pid, 0) if pool is not None else None
+        owner = OwnerId.new(self.node.pid, 0) if pool is not None else None
         spec = ChildSpec(
             kind=group.kind, label=group.label(index), deployment=self.deployment,
-            app=self.app, master_pid=self.master_pid, node=self.node, owner=owner,
+            app=self.app, node=self.node, owner=owner,
             scoreboard=scoreboard,
             report_fd=write_fd, pool=pool.config if pool else None,
             max_jobs=pool.jobs_limit() if pool else None,
@@ -333,8 +332,10 @@ class Workforce:
                 group.child_settled()
             if child.killed or child.sample is None:
                 continue
-            silence = child.scoreboard.silence(now, self.deployment.hang_timeout) \
-                if child.ready_at is not None and not child.stopping else None
+            silence = None
+            if child.ready_at is not None and not child.stopping:
+                silence = child.scoreboard.silence(now, self.deployment.hang_timeout,
+                                                   child.last_busy)
             if silence is not None:
                 self.kill(child, f"hung: {silence}", lost_run=True)
                 continue
@@ -400,9 +401,9 @@ class Workforce:
             group.observe(wall, busy_threshold)
         scheduler = self.current("scheduler", "scheduler")
         scheduler_pid = next(iter(scheduler.children), None) if scheduler else None
-        described = [g.describe(g.config, wall) for g in self.groups if isinstance(g, Pool)]
+        described = [g.describe(g.config) for g in self.groups if isinstance(g, Pool)]
         idle = SchedulerGroup(self.deployment.scheduler, 0, 0.0, desired=0)  # disabled
-        described += [(scheduler or idle).describe(config, wall)
+        described += [(scheduler or idle).describe(config)
                       for config in self.deployment.pools if not config.runs_jobs]
         return described, scheduler_pid
 
