@@ -250,7 +250,8 @@ class App:
         return job.id
 
     def enqueue_many(self, items: Iterable[Sequence[Any]]) -> list[str]:
-        """Enqueue a batch in one round trip, all or nothing, in order.
+        """Enqueue a batch in one round trip, in order, as atomic parts of 1000 jobs
+        (a bad item raises before anything is written).
 
         Each item is ``(name, args)``, ``(name, args, kwargs)`` or
         ``(name, args, kwargs, options)`` where options are enqueue()'s keywords.

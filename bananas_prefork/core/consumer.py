@@ -24,6 +24,7 @@ import threading
 import time
 import traceback
 from collections.abc import Callable, Sequence
+from typing import Any
 
 import redis
 
@@ -331,8 +332,9 @@ class Consumer:
 
     def _run(self, slot: int, job: Job) -> Settlement:
         task = self.app.tasks.get(job.name)
-        timeout = self._timeout_for(job, task)
-        solo = bool(job.options().get("solo"))
+        options = job.options()
+        timeout = self._timeout_for(options, task)
+        solo = bool(options.get("solo"))
         if solo:
             log.info("job %s (%s) runs alone: its child died with it and others %d times",
                      job.id, job.name, job.attempt - 1)
@@ -357,8 +359,9 @@ class Consumer:
                         "retry in %.1fs" % settlement.delay if settlement.mode == RETRY else "dead")
         return settlement
 
-    def _timeout_for(self, job: Job, task: Task[..., object] | None) -> float | None:
-        override = job.options().get("timeout")
+    def _timeout_for(self, options: dict[str, Any],
+                     task: Task[..., object] | None) -> float | None:
+        override = options.get("timeout")
         if isinstance(override, int | float) and override > 0:
             return float(override)
         if task is not None and task.timeout is not None:

@@ -36,8 +36,6 @@ _C_ENCODE = c_make_encoder(None, _ENCODER.default, encode_basestring, None, ":",
 
 def dumps(value: Any, what: str) -> str:
     """Strict JSON (no NaN, no pickling fallbacks); ValueError says which value."""
-    if value is None:  # most tasks return nothing
-        return "null"
     try:
         if _C_ENCODE is not None and type(value) in (list, dict):
             return "".join(_C_ENCODE(value, 0))

@@ -92,7 +92,7 @@ class RetentionStatus(TypedDict):
     dead_max: int
 
 
-RETENTION_FIELDS = ("result_ttl", "done_ttl", "dead_ttl", "dead_max")
+RETENTION_FIELDS = tuple(RetentionStatus.__annotations__)
 
 
 class NodeStatus(TypedDict):

@@ -177,11 +177,6 @@ def entry_names(broker: Broker) -> list[str]:
     return sorted(broker.fields(broker.keys.periodic))
 
 
-def declaring_nodes(broker: Broker) -> set[str]:
-    """The nodes that declare some entry."""
-    return {source.rpartition("|")[2] for source in broker.fields(broker.keys.periodic_sources)}
-
-
 # -- firing (the leader) ----------------------------------------------------------------
 
 

@@ -563,8 +563,6 @@ def _hide_passwords_from_ps() -> None:
     (``status --watch`` for days): rewrite our title with its password redacted."""
     from setproctitle import setproctitle
 
-    from ..core.connection import redact
-
     shown = [redact(arg) if "://" in arg else arg for arg in sys.argv]
     if shown != sys.argv:
         setproctitle(" ".join(["bananas-prefork", *shown[1:]]))

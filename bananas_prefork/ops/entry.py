@@ -14,6 +14,7 @@ import sys
 from pathlib import Path
 
 from . import launch
+from .exit_codes import EXIT_INTERRUPTED
 
 
 def main() -> None:
@@ -26,7 +27,7 @@ def main() -> None:
             print(f"bananas-prefork: {exc}", file=sys.stderr)
             code = exc.code
         except KeyboardInterrupt:
-            code = 130
+            code = EXIT_INTERRUPTED
         sys.exit(code)
     from .cli import main as cli_main
 

@@ -18,7 +18,6 @@ from bananas_prefork.core.nodes import NodeStore
 from bananas_prefork.core.periodic import (
     PeriodicRunner,
     conflicts,
-    declaring_nodes,
     entries_for,
     entry_names,
     register,
@@ -183,5 +182,6 @@ def test_periodic_entries_follow_the_masters_that_are_alive(app: App) -> None:
     store.publish(new, {"host": "vm1", "pid": 11}, ttl=60)  # type: ignore[typeddict-item]
     register(app.broker, [entry("hourly")], node=str(new))
     assert entry_names(app.broker) == ["hourly"]
-    assert declaring_nodes(app.broker) == {str(new)}
+    sources = app.broker.fields(app.broker.keys.periodic_sources)  # entry|node
+    assert {source.rpartition("|")[2] for source in sources} == {str(new)}
     assert app.broker.client.zrange(app.broker.keys.periodic_next, 0, -1) == ["hourly"]
