@@ -10,7 +10,6 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
-import random
 import threading
 import time
 from collections.abc import Iterable, Sequence
@@ -21,6 +20,7 @@ import hiredis
 import redis
 from redis.commands.core import Script
 
+from .backoff import Backoff
 from .job import Job, JobInfo
 from .keys import ANY_TYPE, PRIORITIES, Keys
 from .scripts import Scripts
@@ -255,7 +255,7 @@ class Broker:
         return flags
 
     def _send_part(self, batch: EnqueueBatch, part: list[str], wait: bool) -> list[Any]:
-        failures = 0
+        backoff = Backoff(0.1, 1.0, jitter=(0.5, 1.0))
         while True:
             try:
                 if not wait:
@@ -266,11 +266,10 @@ class Broker:
                 self.check_replicas(acked)
                 return list(skipped)
             except (redis.ConnectionError, redis.TimeoutError):  # NotReplicated included
-                failures += 1
-                if failures > ENQUEUE_RETRIES:
+                if backoff.failures >= ENQUEUE_RETRIES:
                     raise
                 batch.check_every_id()
-                time.sleep(min(1.0, 0.05 * 2 ** failures) * random.uniform(0.5, 1))
+                time.sleep(backoff.failed())
 
     @property
     def wait_command(self) -> tuple[str, int, int]:

@@ -17,13 +17,14 @@ silently smaller.
 from __future__ import annotations
 
 import logging
-import random
 import re
 import ssl
 from collections.abc import Callable
 
 import redis
 from redis.sentinel import MasterNotFoundError
+
+from .backoff import Backoff
 
 
 class RedisRefused(Exception):
@@ -105,7 +106,7 @@ def _sentinels_said(text: str) -> str:
     return f"{head} (the Sentinels: {'; '.join(said)})" if said else head
 
 
-TRANSIENT_BACKOFF = (0.1, 5.0)  # first wait, longest wait
+TRANSIENT_BACKOFF = (0.2, 5.0)  # base, longest wait; jitter 0.5-1: the first wait is 0.1-0.2 s
 PERMANENT_RETRY = 5.0  # a refusal is retried this often: the fix is a configuration change
 
 
@@ -122,18 +123,21 @@ class Trouble:
                  report: Callable[[str, str | None], None] | None = None) -> None:
         self.where = where
         self.report = report or (lambda where, error: None)
-        self.failures = 0
+        self.backoff = Backoff(*TRANSIENT_BACKOFF, jitter=(0.5, 1.0))
         self.refusal: str | None = None
+
+    @property
+    def failures(self) -> int:
+        return self.backoff.failures
 
     def failed(self, exc: BaseException) -> float:
         """Count a failure; the seconds to wait before trying again."""
-        self.failures += 1
+        wait = self.backoff.failed()
         if is_transient(exc):
             if self.failures == 1:
                 log.warning("%s: redis unavailable (%s); retrying with backoff", self.where,
                             describe(exc))
-            first, longest = TRANSIENT_BACKOFF
-            return min(longest, first * 2 ** self.failures) * random.uniform(0.5, 1.0)
+            return wait
         refusal = describe(exc)
         if refusal != self.refusal:
             self.refusal = refusal
@@ -148,7 +152,7 @@ class Trouble:
         if not self.failures:
             return
         log.info("%s: redis works again after %d failed call(s)", self.where, self.failures)
-        self.failures = 0
+        self.backoff.succeeded()
         if self.refusal is not None:
             self.refusal = None
             self.report(self.where, None)

@@ -28,6 +28,7 @@ from setproctitle import setproctitle
 
 from ..core import periodic
 from ..core.app import App
+from ..core.backoff import Backoff
 from ..core.broker import Broker
 from ..core.config import (
     ConfigError,
@@ -48,7 +49,7 @@ from .pidfile import Pidfile
 from .pool import Group
 from .publisher import Publisher
 from .systemd import Notifier
-from .timing import Backoff, Every
+from .timing import Every
 from .workforce import Workforce, wanted_groups
 
 log = logging.getLogger(__name__)

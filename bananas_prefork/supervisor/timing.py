@@ -1,9 +1,8 @@
-"""Small clocks for the master's loop: things done at most once per interval, and
-waits that grow while something keeps failing."""
+"""A small clock for the master's loop: things done at most once per interval
+(waits that grow while something keeps failing are ``core.backoff.Backoff``)."""
 
 from __future__ import annotations
 
-import random
 import time
 
 
@@ -28,19 +27,3 @@ class Every:
 
     def reset(self) -> None:
         self.next_at = 0.0
-
-
-class Backoff:
-    """Exponential delays with +-20% jitter while failures go on: base, 2*base, ... cap."""
-
-    def __init__(self, base: float, cap: float) -> None:
-        self.base, self.cap = base, cap
-        self.failures = 0
-
-    def failed(self) -> float:
-        """Count a failure; the seconds to wait before trying again."""
-        self.failures += 1
-        return min(self.cap, self.base * 2 ** (self.failures - 1)) * random.uniform(0.8, 1.2)
-
-    def succeeded(self) -> None:
-        self.failures = 0
