@@ -444,14 +444,15 @@ class Broker:
     def _done_note(self, job_id: str) -> tuple[str, str | None]:
         """(slice start, note) of a job in the live ``done`` slices, newest first."""
         starts = cast(list[str], self.client.zrevrange(self.keys.done_index, 0, -1))
+        shards = note_shards(job_id)
         with self.client.pipeline(transaction=False) as pipe:
             for start in starts:
-                for shard in note_shards(job_id):
+                for shard in shards:
                     pipe.hget(self.keys.done(start, shard), job_id)
             notes = cast(list[str | None], pipe.execute())
         for index, note in enumerate(notes):
             if note is not None:
-                return starts[index // 3], note
+                return starts[index // len(shards)], note
         return "", None
 
     def _queue_pairs(self) -> list[tuple[str, str]]:
@@ -513,7 +514,7 @@ class Broker:
 
     def counts(self) -> dict[str, int]:
         """Scheduled, dead and in-flight job counts."""
-        owners = self.members(self.keys.owners)
+        owners = self.owner_ids()
         with self.client.pipeline(transaction=False) as pipe:
             pipe.zcard(self.keys.scheduled)
             pipe.zcard(self.keys.dead)

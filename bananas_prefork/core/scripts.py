@@ -15,10 +15,10 @@ from importlib import resources
 import redis
 
 _INCLUDE = re.compile(r"^--! include (\S+)\s*$", re.MULTILINE)
-# A shared function: from 'local function name(' at the start of a line to the first
-# 'end' alone at the start of a line (the libraries' layout).
 _COMMENT = re.compile(r"--[^\n]*")
 _WORD = re.compile(r"\w+")
+# A shared function: from 'local function name(' at the start of a line to the first
+# 'end' alone at the start of a line (the libraries' layout).
 _FUNCTION = re.compile(r"^local function (\w+)\(.*?^end\n", re.MULTILINE | re.DOTALL)
 _COMMENT_OR_BLANK_LINE = re.compile(r"^[ \t]*(--[^\n]*)?\n", re.MULTILINE)
 

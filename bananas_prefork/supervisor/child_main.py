@@ -119,7 +119,7 @@ class _Child:
             os.set_blocking(fd, False)
         signal.set_wakeup_fd(write, warn_on_full_buffer=False)
         for signum in (signal.SIGTERM, signal.SIGINT):
-            signal.signal(signum, _wake_only)
+            signal.signal(signum, wake_only)
         signal.signal(signal.SIGQUIT, lambda *_: os._exit(EXIT_OK))
         signal.signal(signal.SIGHUP, signal.SIG_IGN)
         signal.signal(signal.SIGUSR1, signal.SIG_IGN)
@@ -275,8 +275,9 @@ class _Child:
         return None
 
 
-def _wake_only(signum: int, frame: object) -> None:
-    """The wakeup fd already carries the signal to the main loop; nothing runs here."""
+def wake_only(signum: int, frame: object) -> None:
+    """A handler for signals the wakeup fd (set_wakeup_fd) already carries to the main
+    loop, a child's or the master's: nothing runs here."""
 
 
 def _start(target: Callable[[], object], name: str) -> threading.Thread:

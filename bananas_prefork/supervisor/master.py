@@ -43,7 +43,7 @@ from ..core.errors import RedisRefused, Trouble, describe, is_transient
 from ..core.identity import NodeId
 from ..core.nodes import NodeStatus, RefusalStatus
 from . import loader
-from .child_main import configure_app
+from .child_main import configure_app, wake_only
 from .embedded_keeper import EmbeddedKeeper
 from .pidfile import Pidfile
 from .pool import Group
@@ -225,7 +225,7 @@ class Master:
         self._selector.register(self._wakeup_r, selectors.EVENT_READ, None)
         signal.set_wakeup_fd(self._wakeup_w, warn_on_full_buffer=False)
         for signum in SIGNAL_NAMES:
-            signal.signal(signum, _wake_only)
+            signal.signal(signum, wake_only)
 
     def _drain_wakeup(self) -> list[int]:
         signals: list[int] = []
@@ -591,8 +591,3 @@ def _embedded_keeper(deployment: Deployment) -> EmbeddedKeeper:
         raise error_at(deployment, "data_dir", f"cannot create or write {deployment.data_dir!r} "
                                                f"for the embedded Redis: {exc.strerror}") from None
     return EmbeddedKeeper(deployment.data_dir)
-
-
-def _wake_only(signum: int, frame: object) -> None:
-    """The wakeup fd already carries the signal to the loop; nothing else runs here."""
-

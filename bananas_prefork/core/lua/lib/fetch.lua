@@ -21,7 +21,7 @@ end
 -- A group's copy of the heads index (lib/queue.lua), for every priority, is
 -- built when a consumer of the group finds nothing in it and the group's record
 -- (group:<gid>) is missing: the group's first fetch, a Redis that lost its data,
--- or a group pruned (queues_prune.lua) after GROUP_TTL without an empty fetch.
+-- or a group pruned (groups_prune.lua) after GROUP_TTL without an empty fetch.
 -- Returns true when it built the copy, nil when it was there, false when it
 -- needs the group's types and `types` is empty.
 local GROUP_TTL = 600  -- seconds a group lives after its last empty fetch
