@@ -309,11 +309,7 @@ class App:
             options["timeout"] = _check_timeout(timeout)
         args_json = jobs.dumps(list(args), "args") if args else "[]"
         kwargs_json = jobs.dumps(kwargs, "kwargs") if kwargs else "{}"
-        size = len(args_json.encode()) + len(kwargs_json.encode())
-        if size > self.max_payload_bytes:
-            raise ValueError(f"the arguments are {size} bytes of JSON, over max_payload_bytes "
-                             f"({self.max_payload_bytes}): pass a reference (a key, a path) "
-                             "rather than the data")
+        self._check_payload(args_json, kwargs_json)
         return NewJob(
             id=_check_job_id(job_id) if job_id is not None else os.urandom(16).hex(),
             name=name,
@@ -324,6 +320,17 @@ class App:
             when=_when(delay, at),
             given_id=job_id is not None,
         )
+
+    def _check_payload(self, args_json: str, kwargs_json: str) -> None:
+        """ValueError when a job's arguments are over ``max_payload_bytes`` of JSON (a
+        character is at most 4 bytes, so short arguments are not even encoded)."""
+        if (len(args_json) + len(kwargs_json)) * 4 <= self.max_payload_bytes:
+            return
+        size = len(args_json.encode()) + len(kwargs_json.encode())
+        if size > self.max_payload_bytes:
+            raise ValueError(f"the arguments are {size} bytes of JSON, over max_payload_bytes "
+                             f"({self.max_payload_bytes}): pass a reference (a key, a path) "
+                             "rather than the data")
 
     # -- reading -------------------------------------------------------------
 
@@ -367,11 +374,9 @@ class _PlainItems:
             priority = self.priorities[name] = task.priority if task else "normal"
         try:
             args_json = jobs.dumps(args, "args") if args else "[]"
+            self.app._check_payload(args_json, "{}")
         except ValueError:
-            return None
-        limit = self.app.max_payload_bytes - 2  # new_job counts kwargs, "{}"
-        if len(args_json) * 4 > limit and len(args_json.encode()) > limit:
-            return None  # the full path says it is too big
+            return None  # the full path says what is wrong
         if self.used == len(self.random):
             self.random, self.used = os.urandom(16 * 256).hex(), 0
         job_id = self.random[self.used:self.used + 32]
