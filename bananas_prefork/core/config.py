@@ -523,9 +523,9 @@ def _url_from_file(deployment: Deployment, reader: _Reader) -> Deployment:
     if deployment.redis_url is not None:
         raise reader.error(("redis_url_file",), "give redis_url or redis_url_file, not both")
     try:
-        url = read_url_file(deployment.redis_url_file, "file")
+        url = read_url_file(deployment.redis_url_file)
     except ValueError as exc:
-        raise reader.error(("redis_url_file",), str(exc).removeprefix("file: ")) from None
+        raise reader.error(("redis_url_file",), str(exc)) from None
     return dataclasses.replace(deployment, redis_url=url)
 
 
@@ -559,11 +559,9 @@ def load_environment(environ: Mapping[str, str] | None = None,
     values.update(os.environ if environ is None else environ)
     if values.get(URL_FILE_VARIABLE) and not values.get("BANANAS_REDIS_URL"):
         try:  # the file stands in for BANANAS_REDIS_URL (and so wins over REDIS_URL)
-            values["BANANAS_REDIS_URL"] = read_url_file(values[URL_FILE_VARIABLE],
-                                                        URL_FILE_VARIABLE)
+            values["BANANAS_REDIS_URL"] = read_url_file(values[URL_FILE_VARIABLE])
         except ValueError as exc:
-            raise ConfigError("environment", URL_FILE_VARIABLE,
-                              str(exc).partition(": ")[2]) from None
+            raise ConfigError("environment", URL_FILE_VARIABLE, str(exc)) from None
     reader = _Reader("environment")
     used: dict[str, str] = {}  # setting -> the variable that gave it
 

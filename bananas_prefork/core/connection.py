@@ -229,27 +229,34 @@ def _sentinel_client(parsed: SentinelUrl, common: dict[str, Any]) -> redis.Redis
     return client
 
 
-def read_url_file(path: str | os.PathLike[str], source: str) -> str:
-    """The URL kept in a file (a secret: it stays off command lines and out of ``ps``)."""
+def read_url_file(path: str | os.PathLike[str]) -> str:
+    """The URL kept in a file (a secret: it stays off command lines and out of ``ps``).
+    ValueError says what is wrong with the file; the caller says who named it."""
     try:
         url = Path(path).read_text(encoding="utf-8").strip()
     except (OSError, UnicodeDecodeError) as exc:
         reason = getattr(exc, "strerror", None) or "not UTF-8 text"
-        raise ValueError(f"{source}: cannot read {path}: {reason}") from None
+        raise ValueError(f"cannot read {path}: {reason}") from None
     if not url:
-        raise ValueError(f"{source}: {path} is empty")
+        raise ValueError(f"{path} is empty")
     return url
 
 
 def environment_url() -> tuple[str, str] | None:
     """(variable, URL) of the Redis URL the environment gives, if it gives one.
 
-    ValueError when ``BANANAS_REDIS_URL_FILE`` names a file that cannot be read.
+    ValueError ("variable: problem") when ``BANANAS_REDIS_URL_FILE`` names a file that
+    cannot be read.
     """
     for name in URL_VARIABLES:
         value = os.environ.get(name)
+        if value and name == URL_FILE_VARIABLE:
+            try:
+                return name, read_url_file(value)
+            except ValueError as exc:
+                raise ValueError(f"{name}: {exc}") from None
         if value:
-            return name, read_url_file(value, name) if name == URL_FILE_VARIABLE else value
+            return name, value
     return None
 
 

@@ -178,9 +178,9 @@ def _client_app(redis_url: str | None, namespace: str | None, file: Path | None,
         if redis_url is not None:
             fail("give --redis or --redis-file, not both", EXIT_USAGE)
         try:
-            redis_url = read_url_file(redis_file, "--redis-file")
+            redis_url = read_url_file(redis_file)
         except ValueError as exc:
-            fail(exc, EXIT_USAGE)
+            fail(f"--redis-file: {exc}", EXIT_USAGE)
 
     for option, given, problem_of in (("--redis", redis_url, url_problem),
                                       ("--namespace", namespace, namespace_problem)):
