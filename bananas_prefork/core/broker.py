@@ -58,14 +58,12 @@ class EnqueueBatch:
     its id and arguments. A batch of like jobs costs two arguments per job. A batch
     comes in parts of up to ENQUEUE_CHUNK jobs, one script call each."""
 
-    __slots__ = ("_checks", "_header", "_in_part", "_plain", "_prefix", "argv", "count",
-                 "part_counts", "parts")
+    __slots__ = ("_checks", "_header", "_plain", "_prefix", "argv", "part_counts", "parts")
 
     def __init__(self, prefix: str) -> None:
         self._prefix = prefix
         self.parts: list[list[str]] = []  # each: [prefix, its number of jobs, ...]
-        self.part_counts: list[int] = []
-        self.count = 0
+        self.part_counts: list[int] = []  # jobs in each part
         self._checks: list[tuple[list[str], int]] = []  # each header's check flag
         self._new_part()
 
@@ -73,13 +71,12 @@ class EnqueueBatch:
         self.argv: list[str] = [self._prefix, ""]
         self.parts.append(self.argv)
         self.part_counts.append(0)
-        self._in_part = 0
         self._header: tuple[str, str, str, str, str, str] | None = None
         self._plain = ("", "")  # (name, priority) of the header when add_plain may follow it
 
     def add(self, job_id: str, name: str, priority: str, args_json: str, kwargs_json: str,
             options_json: str, when: str, given_id: bool) -> None:
-        if self._in_part == ENQUEUE_CHUNK:
+        if self.part_counts[-1] == ENQUEUE_CHUNK:
             self._new_part()
         header = (name, priority, kwargs_json, options_json, when, "1" if given_id else "0")
         if header != self._header:
@@ -93,7 +90,8 @@ class EnqueueBatch:
     def add_plain(self, job_id: str, name: str, priority: str, args_json: str) -> None:
         """A job with a generated id and nothing but arguments (enqueue_many's usual item)."""
         plain_name, plain_priority = self._plain
-        if self._in_part == ENQUEUE_CHUNK or name != plain_name or priority != plain_priority:
+        if (self.part_counts[-1] == ENQUEUE_CHUNK or name != plain_name
+                or priority != plain_priority):
             self.add(job_id, name, priority, args_json, "{}", "", "", False)
             return
         self._append(job_id, args_json)
@@ -101,9 +99,7 @@ class EnqueueBatch:
     def _append(self, job_id: str, args_json: str) -> None:
         self.argv.append(job_id)
         self.argv.append(args_json)
-        self._in_part += 1
-        self.part_counts[-1] = self._in_part
-        self.count += 1
+        self.part_counts[-1] += 1
 
     def add_job(self, job: NewJob) -> None:
         self.add(job.id, job.name, job.priority, job.args_json, job.kwargs_json,
@@ -114,7 +110,6 @@ class EnqueueBatch:
         the jobs, so generated ids are checked too and nothing is enqueued twice."""
         for part, index in self._checks:
             part[index] = "1"
-        self._header, self._plain = None, ("", "")
 
 
 @dataclass(slots=True)
@@ -241,7 +236,7 @@ class Broker:
         checked, so nothing is enqueued twice; with ``min_replicas_ack`` the last part
         waits (WAIT, in the same round trip) until enough replicas have the writes."""
         flags: list[bool] = []
-        if not batch.count:
+        if not batch.part_counts[0]:
             return flags
         for number, (part, count) in enumerate(zip(batch.parts, batch.part_counts,
                                                    strict=True)):
