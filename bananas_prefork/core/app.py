@@ -22,6 +22,7 @@ from .durations import parse_duration
 from .job import JobInfo
 from .keys import PRIORITIES, namespace_problem
 from .retry import DEFAULT_BACKOFF, DEFAULT_BACKOFF_MAX, DEFAULT_MAX_RETRIES, RetryPolicy
+from .settings import whole
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -405,15 +406,13 @@ def _check_retries(value: object) -> int:
 
 def _check_replicas_ack(value: object) -> int:
     """The argument, else BANANAS_MIN_REPLICAS_ACK, else 0: a whole number >= 0."""
+    name = "min_replicas_ack"
     if value is None:
-        text = os.environ.get("BANANAS_MIN_REPLICAS_ACK") or "0"
-        if not text.strip().isdigit():
-            raise ValueError(f"BANANAS_MIN_REPLICAS_ACK must be a whole number >= 0, "
-                             f"not {text!r}")
-        return int(text)
-    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-        raise ValueError(f"min_replicas_ack must be a whole number >= 0, not {value!r}")
-    return value
+        name, value = "BANANAS_MIN_REPLICAS_ACK", os.environ.get("BANANAS_MIN_REPLICAS_ACK")
+    try:
+        return whole(0)(value or 0)
+    except ValueError as exc:
+        raise ValueError(f"{name} {exc}") from None
 
 
 def _check_timeout(value: object) -> float | None:
