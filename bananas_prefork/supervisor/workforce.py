@@ -138,9 +138,8 @@ class Workforce:
     def spawn(self, group: Group) -> None:
         index = group.free_index()
         pool = group if isinstance(group, Pool) else None
-        runs_scheduler = pool is None or thin_runs_scheduler(self.deployment)
-        threads = pool.config.threads_of(index) if pool is not None else 0
-        scoreboard = Scoreboard(threads, loops=1 if runs_scheduler else 0)
+        thin = pool is not None and thin_runs_scheduler(self.deployment)  # also schedules
+        scoreboard = Scoreboard(group.threads_of(index), loops=1 if pool is None or thin else 0)
         read_fd, write_fd = os.pipe()
         owner = OwnerId.new(self.node.pid, 0) if pool is not None else None
         spec = ChildSpec(
@@ -149,7 +148,7 @@ class Workforce:
             scoreboard=scoreboard,
             report_fd=write_fd, pool=pool.config if pool else None,
             max_jobs=pool.jobs_limit() if pool else None,
-            run_scheduler=pool is not None and runs_scheduler,
+            run_scheduler=thin,
             reimport_app=not self.deployment.preload_app,
             close_fds=(read_fd, *self.inherited_fds(), *self._report_fds()))
         old_mask = signal.pthread_sigmask(signal.SIG_BLOCK, MASTER_SIGNALS)
